@@ -1,0 +1,1 @@
+"""Publishing SmartCLIP models: Hub push, model card, text-encoder export."""

@@ -1,0 +1,88 @@
+"""SmartCLIP configuration: a CLIP configuration plus the mask head, the loss and the scoring."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import CLIPConfig
+
+SCORINGS = ("plain", "modular")
+MASK_POOLINGS = ("attention", "union")
+LOSS_TYPES = ("smartclip", "clip")
+
+
+@strict
+class SmartCLIPConfig(CLIPConfig):
+    r"""
+    Configuration of a [`SmartCLIPModel`]: CLIP's text and vision towers (`text_config`, `vision_config`,
+    `projection_dim`, `logit_scale_init_value`, as in [`CLIPConfig`]) and a mask head that predicts, from a
+    caption's token sequence, which of the `projection_dim` embedding dimensions the caption talks about.
+
+    Args:
+        mask_hidden_size (`int`, *optional*):
+            Width of the mask head's transformer block. `None` uses the text tower's hidden size (no input
+            projection).
+        mask_num_attention_heads (`int`, defaults to 8):
+            Heads of the mask head's block and of its attention pooling.
+        mask_intermediate_size (`int`, *optional*):
+            MLP width of the block; `None` means 4 x `mask_hidden_size`.
+        mask_threshold (`float`, defaults to 0.5):
+            A dimension is on when its sigmoid probability exceeds this (the paper does not state it).
+        mask_pooling (`str`, defaults to `"attention"`):
+            `"attention"`: the paper's head, a learned query pools the tokens, then one mask is predicted.
+            `"union"`: mask logits are predicted per token and max-pooled, so a caption's mask is the union of what
+            its words switch on.
+        scoring (`str`, defaults to `"plain"`):
+            How `forward` scores a (caption, image) pair in `logits_per_image` / `logits_per_text`. `"plain"`:
+            cosine of the unmasked embeddings (CLIP). `"modular"`: `cos(image * mask(caption), caption)`, the
+            similarity the modular loss trains.
+        loss_type (`str`, defaults to `"smartclip"`):
+            `"smartclip"`: the modular loss; `"clip"`: CLIP's symmetric contrastive loss (the ablation baseline).
+        lambda_align (`float`, defaults to 1.0):
+            Weight of the masked contrastive term (the paper reports it robust from 0.1 to 20).
+        lambda_sparsity (`float`, defaults to 0.01):
+            Weight of the mean soft mask (L1) term.
+    """
+
+    model_type = "smartclip"
+
+    mask_hidden_size: int | None = None
+    mask_num_attention_heads: int = 8
+    mask_intermediate_size: int | None = None
+    mask_threshold: float = 0.5
+    mask_pooling: str = "attention"
+    scoring: str = "plain"
+    loss_type: str = "smartclip"
+    lambda_align: float = 1.0
+    lambda_sparsity: float = 0.01
+
+    def validate_smartclip(self):
+        """Fails early, naming the field, rather than deep inside a forward pass."""
+        for name, allowed in (("scoring", SCORINGS), ("mask_pooling", MASK_POOLINGS), ("loss_type", LOSS_TYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"SmartCLIPConfig.{name}={getattr(self, name)!r}; expected one of {allowed}.")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"SmartCLIPConfig.mask_threshold={self.mask_threshold}; expected a value in (0, 1).")
+        width = self.mask_hidden_size or self.text_config.hidden_size
+        if width % self.mask_num_attention_heads:
+            raise ValueError(
+                f"SmartCLIPConfig: mask head width {width} is not divisible by "
+                f"mask_num_attention_heads={self.mask_num_attention_heads}."
+            )
+        for tower in ("text_config", "vision_config"):
+            tower_config = getattr(self, tower)
+            if tower_config.hidden_size % tower_config.num_attention_heads:
+                raise ValueError(
+                    f"SmartCLIPConfig.{tower}: hidden_size={tower_config.hidden_size} is not divisible by "
+                    f"num_attention_heads={tower_config.num_attention_heads}."
+                )
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(
+                f"This checkpoint is a `{model_type}` model, not `{cls.model_type}`. Convert a CLIP checkpoint with "
+                "`SmartCLIPModel.from_clip(path_or_repo_id)`."
+            )
+        return super().from_dict(config_dict, **kwargs)
+
+
+__all__ = ["SmartCLIPConfig"]

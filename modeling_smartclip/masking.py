@@ -1,0 +1,111 @@
+"""The heart of SmartCLIP: the mask head and the masked similarity.
+
+A caption's mask picks the embedding dimensions (concept modules) it talks about; an image is compared with the
+caption only through those dimensions: `cos(image * mask(caption), caption)` (Xie et al., CVPR 2025, Eqs. 5-7).
+"""
+
+import torch
+from torch import nn
+from transformers import CLIPTextConfig
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+from .configuration_smartclip import SmartCLIPConfig
+
+
+class SmartCLIPMaskHead(nn.Module):
+    """Predicts a binary mask over the `projection_dim` embedding dimensions from a caption's token sequence.
+
+    One transformer block over the text tower's final hidden states, then a pooling step, a Linear to
+    `projection_dim`, a sigmoid and a straight-through binarisation. The two poolings differ in one place:
+    `"attention"` pools the tokens with a learned query *before* the Linear (one mask per caption, the paper's
+    head); `"union"` applies the Linear to every token and takes the maximum *after* it, so a caption's mask is
+    the union of what its words switch on.
+    """
+
+    def __init__(self, config: SmartCLIPConfig):
+        super().__init__()
+        text_width = config.text_config.hidden_size
+        width = config.mask_hidden_size or text_width
+        block_config = CLIPTextConfig(
+            hidden_size=width,
+            num_attention_heads=config.mask_num_attention_heads,
+            intermediate_size=config.mask_intermediate_size or 4 * width,
+            hidden_act=config.text_config.hidden_act,
+            layer_norm_eps=config.text_config.layer_norm_eps,
+        )
+        block_config._attn_implementation = "sdpa"
+        self.threshold = config.mask_threshold
+        self.pooling = config.mask_pooling
+        self.input_projection = nn.Linear(text_width, width) if width != text_width else nn.Identity()
+        self.block = CLIPEncoderLayer(block_config)
+        if self.pooling == "attention":
+            self.query = nn.Parameter(torch.zeros(1, 1, width))
+            self.pool = nn.MultiheadAttention(width, config.mask_num_attention_heads, batch_first=True)
+        self.to_logits = nn.Linear(width, config.projection_dim)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """
+        Args:
+            hidden_states: `(batch, seq_len, text_hidden)`, the text tower's last hidden states.
+            attention_mask: `(batch, seq_len)`, 1 for tokens and 0 for padding; `None` means no padding.
+
+        Returns:
+            `(mask, probs)`, both `(batch, projection_dim)`: `mask` is exactly 0/1 in the forward pass and carries
+            the sigmoid's gradient in the backward pass; `probs` is the sigmoid itself (for the sparsity term).
+        """
+        batch, seq_len, _ = hidden_states.shape
+        if attention_mask is None:
+            attention_mask = hidden_states.new_ones(batch, seq_len)
+        padding = attention_mask == 0  # (B, T)
+        block_mask = torch.zeros(padding.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+        block_mask = block_mask.masked_fill(padding, torch.finfo(hidden_states.dtype).min)[:, None, None, :]
+        tokens = self.block(self.input_projection(hidden_states), block_mask)  # (B, T, W)
+
+        if self.pooling == "attention":
+            pooled, _ = self.pool(self.query.expand(batch, -1, -1), tokens, tokens, key_padding_mask=padding)
+            logits = self.to_logits(pooled[:, 0])  # (B, D)
+        else:
+            token_logits = self.to_logits(tokens).masked_fill(padding[..., None], float("-inf"))  # (B, T, D)
+            logits = token_logits.amax(dim=1)  # (B, D)
+
+        probs = torch.sigmoid(logits)
+        hard = (probs > self.threshold).to(probs.dtype)
+        mask = hard + probs - probs.detach()  # straight-through: value of `hard`, gradient of `probs`
+        return mask, probs
+
+
+def masked_similarity(
+    text_embeds: torch.Tensor,
+    image_embeds: torch.Tensor,
+    text_masks: torch.Tensor,
+    chunk_size: int | None = None,
+    image_embeds_squared: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`cos(image_b * mask_a, text_a)` for every caption a and image b; the one implementation that the loss,
+    `forward`'s modular logits and the retrieval helper all call.
+
+    Args:
+        text_embeds: `(n_text, D)` caption embeddings (any norm).
+        image_embeds: `(n_image, D)` image embeddings (any norm: cosine ignores the scale).
+        text_masks: `(n_text, D)` caption masks with values in {0, 1}.
+        chunk_size: captions per block; at most one `(chunk_size, n_image)` block is built at a time.
+        image_embeds_squared: `image_embeds ** 2`, if a gallery already holds it.
+
+    Returns:
+        `(n_text, n_image)` masked cosine similarities. No `(n_text, n_image, D)` tensor is built: the numerator is
+        `(M * T) @ I^T` and, because `m * m = m` for a binary mask, `||I_b * M_a||^2 = M @ (I * I)^T`.
+    """
+    if image_embeds_squared is None:
+        image_embeds_squared = image_embeds.square()  # (n_image, D)
+    masked_text = text_embeds * text_masks / text_embeds.norm(dim=-1, keepdim=True)  # (n_text, D)
+    tiny = torch.finfo(image_embeds.dtype).tiny
+    step = chunk_size or max(len(text_embeds), 1)
+    blocks = []
+    for start in range(0, len(text_embeds), step):
+        numerator = masked_text[start : start + step] @ image_embeds.T  # (chunk, n_image)
+        masked_image_norm = (text_masks[start : start + step] @ image_embeds_squared.T).clamp_min(tiny).sqrt()
+        blocks.append(numerator / masked_image_norm)
+    return torch.cat(blocks) if blocks else masked_text.new_zeros(0, len(image_embeds))
+
+
+__all__ = ["SmartCLIPMaskHead", "masked_similarity"]

@@ -1,0 +1,292 @@
+"""SmartCLIP: CLIP's towers (imported from transformers, not copied) plus a mask head and the modular loss."""
+
+import warnings
+from dataclasses import dataclass
+from os import PathLike
+
+import torch
+from torch import nn
+from transformers import CLIPModel, CLIPTextModel, CLIPVisionModel, PretrainedConfig
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_smartclip import SmartCLIPConfig
+from .losses import clip_loss, modular_loss
+from .masking import SmartCLIPMaskHead, masked_similarity
+
+# Long-CLIP (beichenzbc/Long-CLIP, model/longclip.py L230-251): keep the first 20 positions, stretch the rest 4x.
+KEEP_POSITIONS = 20
+STRETCH = 4
+
+
+@dataclass
+class SmartCLIPOutput(ModelOutput):
+    r"""
+    loss (`torch.Tensor` of shape `()`, *optional*, returned when `return_loss` is `True`):
+        The modular loss (or CLIP's loss when `config.loss_type == "clip"`).
+    logits_per_image (`torch.Tensor` of shape `(image_batch_size, text_batch_size)`):
+        Scaled image-caption scores under `config.scoring` (plain or modular).
+    logits_per_text (`torch.Tensor` of shape `(text_batch_size, image_batch_size)`):
+        The transpose of `logits_per_image`.
+    text_embeds (`torch.Tensor` of shape `(text_batch_size, projection_dim)`):
+        Unit-norm caption embeddings, unmasked.
+    image_embeds (`torch.Tensor` of shape `(image_batch_size, projection_dim)`):
+        Unit-norm image embeddings, unmasked.
+    text_masks (`torch.Tensor` of shape `(text_batch_size, projection_dim)`):
+        Each caption's binary mask (0/1 values, straight-through gradient).
+    text_mask_probs (`torch.Tensor` of shape `(text_batch_size, projection_dim)`):
+        The sigmoid probabilities the masks were thresholded from.
+    text_model_output (`BaseModelOutputWithPooling`):
+        The output of the text tower.
+    vision_model_output (`BaseModelOutputWithPooling`):
+        The output of the vision tower.
+    """
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_masks: torch.Tensor | None = None
+    text_mask_probs: torch.Tensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+def stretch_position_embedding(weight: torch.Tensor) -> torch.Tensor:
+    """Long-CLIP's stretch of a `(n, width)` position table to `(4n - 60, width)`; 77 positions become 248.
+
+    Rows 0-19 are kept; `new[20 + 4i + k] = (4 - k)/4 * pe[20 + i] + k/4 * pe[21 + i]` for i = 0..n-22, k = 0..3;
+    the last four rows extrapolate from the last two: `new[-4 + k] = pe[-1] + k * (pe[-1] - pe[-2]) / 4`.
+    """
+    kept, rest = weight[:KEEP_POSITIONS], weight[KEEP_POSITIONS:]
+    k = torch.arange(STRETCH, dtype=weight.dtype, device=weight.device)[None, :, None] / STRETCH  # (1, 4, 1)
+    interpolated = (1 - k) * rest[:-1, None] + k * rest[1:, None]  # (n - 21, 4, width)
+    extrapolated = weight[-1] + k[0] * (weight[-1] - weight[-2])  # (4, width)
+    return torch.cat([kept, interpolated.flatten(0, 1), extrapolated])
+
+
+class SmartCLIPPreTrainedModel(CLIPPreTrainedModel):
+    config: SmartCLIPConfig
+    base_model_prefix = "smartclip"
+    _no_split_modules = [*CLIPPreTrainedModel._no_split_modules, "SmartCLIPMaskHead"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)  # CLIP's towers, and every plain Linear / LayerNorm
+        factor = self.config.initializer_factor
+        if isinstance(module, SmartCLIPModel):
+            init.normal_(module.text_projection.weight, std=module.text_embed_dim**-0.5 * factor)
+            init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5 * factor)
+        elif isinstance(module, SmartCLIPMaskHead) and module.pooling == "attention":
+            init.normal_(module.query, std=module.query.shape[-1] ** -0.5 * factor)
+
+
+class SmartCLIPModel(SmartCLIPPreTrainedModel):
+    r"""
+    CLIP with a mask head. Inference reads the plain, unit-norm embeddings (`get_text_features`,
+    `get_image_features`) or, with `config.scoring == "modular"`, ranks with the caption's mask.
+
+    Example:
+
+    ```python
+    >>> from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
+    >>> model = SmartCLIPModel.from_clip("openai/clip-vit-base-patch16")  # 248 text positions, plain scoring
+    >>> processor = SmartCLIPProcessor.from_clip("openai/clip-vit-base-patch16")
+    >>> inputs = processor(text=["a red cube", "a blue ball"], images=image, return_tensors="pt", padding=True)
+    >>> probs = model(**inputs).logits_per_image.softmax(dim=-1)
+    ```
+    """
+
+    def __init__(self, config: SmartCLIPConfig):
+        super().__init__(config)
+        self.projection_dim = config.projection_dim
+        self.text_embed_dim = config.text_config.hidden_size
+        self.vision_embed_dim = config.vision_config.hidden_size
+
+        self.text_model = CLIPTextModel._from_config(config.text_config)
+        self.vision_model = CLIPVisionModel._from_config(config.vision_config)
+        self.visual_projection = nn.Linear(self.vision_embed_dim, self.projection_dim, bias=False)
+        self.text_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.mask_head = SmartCLIPMaskHead(config)
+        self.post_init()
+
+    # ----- conversion ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_clip(cls, clip_model_or_path: "CLIPModel | str | PathLike", **config_overrides) -> "SmartCLIPModel":
+        """Builds a SmartCLIP from a transformers `CLIPModel` (an object, a local folder or a Hub id).
+
+        Every CLIP weight is copied; a 77-position text table is stretched to 248 the Long-CLIP way (a table that
+        already has 248 or more positions is kept as is); the mask head is freshly initialised. `scoring` is
+        `"plain"` unless overridden, so the converted model's logits are CLIP's. `config_overrides` set any
+        `SmartCLIPConfig` field.
+        """
+        clip = clip_model_or_path
+        if not isinstance(clip, CLIPModel):
+            source_type = PretrainedConfig.get_config_dict(clip)[0].get("model_type")
+            if source_type != "clip":
+                raise ValueError(
+                    f"from_clip expects a CLIP checkpoint (model_type 'clip'), but {clip} has model_type "
+                    f"{source_type!r}." + (" Load it with SmartCLIPModel.from_pretrained." if source_type == "smartclip" else "")
+                )
+            clip = CLIPModel.from_pretrained(clip)
+
+        state = clip.state_dict()
+        text_config = clip.config.text_config.to_dict()
+        position_key = "text_model.embeddings.position_embedding.weight"
+        if text_config["max_position_embeddings"] < 4 * 77 - 3 * KEEP_POSITIONS:
+            state[position_key] = stretch_position_embedding(state[position_key])
+            text_config["max_position_embeddings"] = len(state[position_key])
+
+        config = SmartCLIPConfig(
+            text_config=text_config,
+            vision_config=clip.config.vision_config.to_dict(),
+            projection_dim=clip.config.projection_dim,
+            logit_scale_init_value=clip.config.logit_scale_init_value,
+            **config_overrides,
+        )
+        model = cls(config).to(clip.dtype)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        not_head = [key for key in missing if not key.startswith("mask_head.")]
+        if not_head or unexpected:
+            raise ValueError(f"CLIP weights do not fit SmartCLIP: missing {not_head}, unexpected {unexpected}.")
+        return model
+
+    # ----- encoders -----------------------------------------------------------------------------------------------
+
+    def _fit_to_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """Truncates token sequences longer than the position table, keeping the end-of-text token (which CLIP pools).
+
+        Done here rather than in the processor, because the zero-shot pipeline calls the tokenizer directly.
+        """
+        limit = self.config.text_config.max_position_embeddings
+        if input_ids.shape[-1] <= limit:
+            return input_ids, attention_mask
+        warnings.warn(
+            f"SmartCLIP: text of {input_ids.shape[-1]} tokens is longer than the model's {limit} positions; "
+            f"truncated to {limit} tokens, keeping the end-of-text token.",
+            stacklevel=3,
+        )
+        eos_id = self.text_model.eos_token_id
+        eos_id = self.config.text_config.vocab_size - 1 if eos_id == 2 else eos_id  # legacy configs pool at argmax
+        input_ids = input_ids[:, :limit].clone()
+        cut_before_eos = ~(input_ids == eos_id).any(dim=-1)
+        input_ids[cut_before_eos, -1] = eos_id
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, :limit]
+        return input_ids, attention_mask
+
+    def _text_tower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs):
+        """One pass of the text tower; returns `(tower_output, text_features, masks, mask_probs)`."""
+        input_ids, attention_mask = self._fit_to_positions(input_ids, attention_mask)
+        text_outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        text_features = self.text_projection(text_outputs.pooler_output)  # (B, D)
+        masks, mask_probs = self.mask_head(text_outputs.last_hidden_state, attention_mask)  # (B, D), (B, D)
+        return text_outputs, text_features, masks, mask_probs
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected caption features, unmasked and not normalised, as CLIP's: `(batch_size, projection_dim)`."""
+        input_ids, attention_mask = self._fit_to_positions(input_ids, attention_mask)
+        pooled = self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return self.text_projection(pooled)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected image features, not normalised, as CLIP's: `(batch_size, projection_dim)`."""
+        return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+
+    def get_text_masks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Each caption's binary mask over the embedding dimensions: `(batch_size, projection_dim)`, values 0/1."""
+        return self._text_tower(input_ids, attention_mask)[2]
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Unit-norm caption embeddings and their masks from one pass: two `(batch_size, projection_dim)` tensors."""
+        _, text_features, masks, _ = self._text_tower(input_ids, attention_mask)
+        return text_features / text_features.norm(dim=-1, keepdim=True), masks
+
+    def score(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor, text_masks: torch.Tensor, scoring: str | None = None) -> torch.Tensor:
+        """Scaled scores `(n_text, n_image)` of unit-norm embeddings under `scoring` (default `config.scoring`)."""
+        scoring = scoring or self.config.scoring
+        if scoring == "modular":
+            similarity = masked_similarity(text_embeds, image_embeds, text_masks)
+        elif scoring == "plain":
+            similarity = text_embeds @ image_embeds.T
+        else:
+            raise ValueError(f"scoring={scoring!r}; expected 'plain' or 'modular'.")
+        return self.logit_scale.exp() * similarity
+
+    # ----- forward ------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs,
+    ) -> SmartCLIPOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(text_batch_size, sequence_length)`): caption token ids.
+            pixel_values (`torch.FloatTensor` of shape `(image_batch_size, 3, height, width)`): images.
+            attention_mask (`torch.Tensor` of shape `(text_batch_size, sequence_length)`, *optional*): 1 = token.
+            return_loss (`bool`, *optional*): compute `config.loss_type`'s loss; caption i must describe image i.
+
+        Other keyword arguments (e.g. `output_attentions`) go to both towers.
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError(
+                "SmartCLIPModel.forward needs both `input_ids` (tokenized captions) and `pixel_values` (images); got "
+                f"input_ids={'None' if input_ids is None else tuple(input_ids.shape)}, "
+                f"pixel_values={'None' if pixel_values is None else tuple(pixel_values.shape)}."
+            )
+        kwargs.pop("position_ids", None)  # positions are the model's own (248 after conversion)
+        vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        text_outputs, text_features, text_masks, text_mask_probs = self._text_tower(input_ids, attention_mask, **kwargs)
+
+        image_embeds = self.visual_projection(vision_outputs.pooler_output)
+        image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)  # (n_image, D)
+        text_embeds = text_features / text_features.norm(dim=-1, keepdim=True)  # (n_text, D)
+        logits_per_text = self.score(text_embeds, image_embeds, text_masks)  # (n_text, n_image)
+
+        loss = None
+        if return_loss:
+            if self.config.loss_type == "clip":
+                loss = clip_loss(text_embeds, image_embeds, self.logit_scale)
+            else:
+                loss = modular_loss(
+                    text_embeds, image_embeds, text_masks, text_mask_probs, self.logit_scale,
+                    self.config.lambda_align, self.config.lambda_sparsity,
+                )
+
+        return SmartCLIPOutput(
+            loss=loss,
+            logits_per_image=logits_per_text.T,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_masks=text_masks,
+            text_mask_probs=text_mask_probs,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # A class registers for one auto class only; the zero-shot pipeline loads through this one.
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoModelForZeroShotImageClassification": f"{self.__module__.split('.')[-1]}.{type(self).__name__}",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+SmartCLIPConfig.register_for_auto_class()
+SmartCLIPModel.register_for_auto_class("AutoModel")
+
+__all__ = ["SmartCLIPModel", "SmartCLIPOutput", "SmartCLIPPreTrainedModel", "stretch_position_embedding"]

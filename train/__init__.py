@@ -1,0 +1,1 @@
+"""Fine-tuning, data and evaluation for SmartCLIP on the HF Trainer."""
