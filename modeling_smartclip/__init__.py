@@ -2,11 +2,28 @@
 
 from .configuration_smartclip import SmartCLIPConfig
 from .losses import clip_loss, contrastive_loss, modular_loss
-from .masking import SmartCLIPMaskHead, masked_similarity
+from .masking import SmartCLIPMaskHead, masked_similarity, similarity
 from .modeling_smartclip import SmartCLIPModel, SmartCLIPOutput, stretch_position_embedding
 from .processing_smartclip import SmartCLIPProcessor
+from .retrieval import (
+    EncodedTexts,
+    ImageGallery,
+    encode_gallery,
+    encode_texts,
+    search_images,
+    search_texts,
+    text_image_similarity,
+)
 
 __all__ = [
+    "EncodedTexts",
+    "ImageGallery",
+    "encode_gallery",
+    "encode_texts",
+    "search_images",
+    "search_texts",
+    "similarity",
+    "text_image_similarity",
     "SmartCLIPConfig",
     "SmartCLIPMaskHead",
     "SmartCLIPModel",

@@ -108,4 +108,21 @@ def masked_similarity(
     return torch.cat(blocks) if blocks else masked_text.new_zeros(0, len(image_embeds))
 
 
-__all__ = ["SmartCLIPMaskHead", "masked_similarity"]
+def similarity(
+    text_embeds: torch.Tensor,
+    image_embeds: torch.Tensor,
+    text_masks: torch.Tensor,
+    scoring: str,
+    chunk_size: int | None = None,
+    image_embeds_squared: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`(n_text, n_image)` cosine similarities of unit-norm embeddings under `scoring`: `"plain"` (CLIP's) or
+    `"modular"` (`masked_similarity`; the other arguments are its own)."""
+    if scoring == "plain":
+        return text_embeds @ image_embeds.T
+    if scoring == "modular":
+        return masked_similarity(text_embeds, image_embeds, text_masks, chunk_size, image_embeds_squared)
+    raise ValueError(f"scoring={scoring!r}; expected 'plain' or 'modular'.")
+
+
+__all__ = ["SmartCLIPMaskHead", "masked_similarity", "similarity"]

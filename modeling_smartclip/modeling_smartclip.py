@@ -14,7 +14,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_smartclip import SmartCLIPConfig
 from .losses import clip_loss, modular_loss
-from .masking import SmartCLIPMaskHead, masked_similarity
+from .masking import SmartCLIPMaskHead, similarity
 
 # Long-CLIP (beichenzbc/Long-CLIP, model/longclip.py L230-251): keep the first 20 positions, stretch the rest 4x.
 KEEP_POSITIONS = 20
@@ -212,14 +212,7 @@ class SmartCLIPModel(SmartCLIPPreTrainedModel):
 
     def score(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor, text_masks: torch.Tensor, scoring: str | None = None) -> torch.Tensor:
         """Scaled scores `(n_text, n_image)` of unit-norm embeddings under `scoring` (default `config.scoring`)."""
-        scoring = scoring or self.config.scoring
-        if scoring == "modular":
-            similarity = masked_similarity(text_embeds, image_embeds, text_masks)
-        elif scoring == "plain":
-            similarity = text_embeds @ image_embeds.T
-        else:
-            raise ValueError(f"scoring={scoring!r}; expected 'plain' or 'modular'.")
-        return self.logit_scale.exp() * similarity
+        return self.logit_scale.exp() * similarity(text_embeds, image_embeds, text_masks, scoring or self.config.scoring)
 
     # ----- forward ------------------------------------------------------------------------------------------------
 

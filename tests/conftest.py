@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny random CLIP checkpoints and processors built offline, and a few images."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPModel
+
+from smartclip_train.scratch import scratch_clip_config, scratch_processor
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def processor():
+    return scratch_processor()
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory, processor):
+    """A tiny random CLIP checkpoint with CLIP's original 77 text positions, saved with `save_pretrained`."""
+    torch.manual_seed(0)
+    config = scratch_clip_config(processor, hidden_size=32, projection_dim=16, max_position_embeddings=77)
+    path = tmp_path_factory.mktemp("clip")
+    CLIPModel(config).save_pretrained(path)
+    processor.tokenizer.model_max_length = 77
+    processor.save_pretrained(path)
+    processor.tokenizer.model_max_length = 248
+    return path
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(3)]

@@ -1,0 +1,106 @@
+"""The built-in dataset: procedurally generated compositional scenes, deterministic from a seed.
+
+Each 32x32 image is a 2x2 grid of slots holding 2-4 objects; an object has a shape, a colour, a size and its slot.
+Every object gets one short sentence ("a large red circle at the top left."); the long caption joins the sentences
+of all objects in a shuffled order. The test split holds out some (shape, colour) pairs that never occur together
+in training, so a model that entangles concepts (learns "red circle" instead of "red" and "circle") is caught by
+the atomic-concept probe.
+
+Why this design: a long caption that names every object is what makes CLIP entangle concepts, and one-object
+sentences are the short captions whose concepts CLIP loses when it only sees some of them (see
+`../shared/reference/miniature_findings.md`, whose measured setting this follows: 32x32, 2x2 slots, 4 shapes x 4
+colours; we add size and small jitter in position, scale and shade so no two objects render alike).
+"""
+
+import itertools
+
+import numpy as np
+from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
+from PIL import Image as PILImage
+from PIL import ImageDraw
+
+IMAGE_SIZE = 32
+SHAPES = ("circle", "square", "triangle", "cross")
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
+SIZES = ("small", "large")
+SLOTS = ("top left", "top right", "bottom left", "bottom right")
+# (shape, colour) pairs never drawn together in the training split.
+HELD_OUT_PAIRS = (("circle", "green"), ("square", "yellow"), ("triangle", "blue"), ("cross", "red"))
+VOCABULARY = (
+    "a an the at and of in with photo picture image scene this is there are objects object".split()
+    + list(SHAPES) + list(COLOURS) + list(SIZES) + "top bottom left right".split()
+)
+
+
+def describe(obj: dict) -> str:
+    """The short caption of one object: 'a large red circle at the top left.'"""
+    return f"a {obj['size']} {obj['colour']} {obj['shape']} at the {obj['slot']}."
+
+
+def _draw(draw: ImageDraw.ImageDraw, obj: dict, rng: np.random.Generator) -> None:
+    half = IMAGE_SIZE // 2
+    slot = SLOTS.index(obj["slot"])
+    radius = (6.5 if obj["size"] == "large" else 3.5) + rng.uniform(-0.5, 0.5)
+    cx = (slot % 2) * half + half / 2 + rng.uniform(-1.5, 1.5)
+    cy = (slot // 2) * half + half / 2 + rng.uniform(-1.5, 1.5)
+    shade = rng.uniform(0.8, 1.0)
+    fill = tuple(int(c * shade) for c in COLOURS[obj["colour"]])
+    box = (cx - radius, cy - radius, cx + radius, cy + radius)
+    if obj["shape"] == "circle":
+        draw.ellipse(box, fill=fill)
+    elif obj["shape"] == "square":
+        draw.rectangle(box, fill=fill)
+    elif obj["shape"] == "triangle":
+        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill)
+    else:
+        bar = max(radius / 2.5, 1.0)
+        draw.rectangle((cx - radius, cy - bar, cx + radius, cy + bar), fill=fill)
+        draw.rectangle((cx - bar, cy - radius, cx + bar, cy + radius), fill=fill)
+
+
+def make_scene(rng: np.random.Generator, allowed_pairs: list[tuple[str, str]]) -> dict:
+    """One example: image, long caption, short captions and the objects' attributes."""
+    slots = rng.choice(len(SLOTS), size=rng.integers(2, 5), replace=False)
+    objects = []
+    for slot in sorted(slots):
+        shape, colour = allowed_pairs[rng.integers(len(allowed_pairs))]
+        objects.append({"shape": shape, "colour": colour, "size": SIZES[rng.integers(2)], "slot": SLOTS[slot]})
+    image = PILImage.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tuple(int(v) for v in rng.integers(0, 40, size=3)))
+    draw = ImageDraw.Draw(image)
+    for obj in objects:
+        _draw(draw, obj, rng)
+    sentences = [describe(obj) for obj in objects]
+    order = rng.permutation(len(sentences))
+    return {
+        "image": image,
+        "long_caption": " ".join(sentences[i] for i in order),
+        "short_captions": sentences,
+        "objects": objects,
+    }
+
+
+FEATURES = Features(
+    {
+        "image": Image(),
+        "long_caption": Value("string"),
+        "short_captions": Sequence(Value("string")),
+        "objects": [{"shape": Value("string"), "colour": Value("string"), "size": Value("string"), "slot": Value("string")}],
+    }
+)
+
+
+def make_scenes(num_train: int = 20000, num_test: int = 1000, seed: int = 0) -> DatasetDict:
+    """The built-in `DatasetDict` with `train` and `test` splits (columns: see `FEATURES`)."""
+    all_pairs = list(itertools.product(SHAPES, COLOURS))
+    train_pairs = [pair for pair in all_pairs if pair not in HELD_OUT_PAIRS]
+    rng = np.random.default_rng(seed)
+    splits = {
+        "train": [make_scene(rng, train_pairs) for _ in range(num_train)],
+        "test": [make_scene(rng, all_pairs) for _ in range(num_test)],
+    }
+    return DatasetDict(
+        {name: Dataset.from_list(rows, features=FEATURES) for name, rows in splits.items()}
+    )
+
+
+__all__ = ["make_scenes", "make_scene", "describe", "SHAPES", "COLOURS", "SIZES", "SLOTS", "HELD_OUT_PAIRS", "VOCABULARY"]
