@@ -53,8 +53,12 @@ class SmartCLIPConfig(CLIPConfig):
     lambda_align: float = 1.0
     lambda_sparsity: float = 0.01
 
-    def validate_smartclip(self):
-        """Fails early, naming the field, rather than deep inside a forward pass."""
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.check_fields()
+
+    def check_fields(self) -> None:
+        """Raises a `ValueError` naming the field, rather than failing deep inside a forward pass."""
         for name, allowed in (("scoring", SCORINGS), ("mask_pooling", MASK_POOLINGS), ("loss_type", LOSS_TYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SmartCLIPConfig.{name}={getattr(self, name)!r}; expected one of {allowed}.")
@@ -66,13 +70,6 @@ class SmartCLIPConfig(CLIPConfig):
                 f"SmartCLIPConfig: mask head width {width} is not divisible by "
                 f"mask_num_attention_heads={self.mask_num_attention_heads}."
             )
-        for tower in ("text_config", "vision_config"):
-            tower_config = getattr(self, tower)
-            if tower_config.hidden_size % tower_config.num_attention_heads:
-                raise ValueError(
-                    f"SmartCLIPConfig.{tower}: hidden_size={tower_config.hidden_size} is not divisible by "
-                    f"num_attention_heads={tower_config.num_attention_heads}."
-                )
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -82,7 +79,10 @@ class SmartCLIPConfig(CLIPConfig):
                 f"This checkpoint is a `{model_type}` model, not `{cls.model_type}`. Convert a CLIP checkpoint with "
                 "`SmartCLIPModel.from_clip(path_or_repo_id)`."
             )
-        return super().from_dict(config_dict, **kwargs)
+        loaded = super().from_dict(config_dict, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        config.check_fields()  # load-time overrides are set after construction
+        return loaded
 
 
 __all__ = ["SmartCLIPConfig"]
