@@ -1,0 +1,117 @@
+"""Question 3: inference throughput. `get_image_features` images/s, `get_text_features` texts/s and the zero-shot
+pipeline's images/s, SmartCLIP vs `CLIPModel` (identical towers). Goal: SmartCLIP / CLIP >= 0.95.
+
+The pipeline runs SmartCLIP's `forward`, which reads the configured scoring; both scorings are measured.
+
+    python bench/inference.py [--size mid] [--batch 64] [--quick]
+"""
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import pipeline
+
+from common import Goal, count_flops, main_for, parser, profile_difference, resolve_device, row, section, time_runs
+from smartclip_train.scenes import COLOURS, SHAPES, SIZES
+from towers import build_models, build_processor, random_batch, tower_size
+
+GOAL = Goal(0.95, at_most=False)
+LABELS = [f"{size} {colour} {shape}" for size in SIZES for colour in COLOURS for shape in SHAPES][:10]
+TEMPLATE = "a photo of a {}."
+
+
+def random_images(count: int, side: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def zero_shot(model, processor, device: torch.device):
+    return pipeline(
+        "zero-shot-image-classification", model=model, tokenizer=processor.tokenizer,
+        image_processor=processor.image_processor, device=device,
+    )
+
+
+def flop_ratio(call, smartclip, clip) -> float:
+    """CLIP's FLOPs over SmartCLIP's for `call(model)`: the throughput ratio the extra work alone would give.
+
+    Counted with autograd on: the FLOP counter's module tracking fails under `no_grad` on SmartCLIP's attention pooling.
+    """
+    return count_flops(lambda: call(clip)) / count_flops(lambda: call(smartclip))
+
+
+def run(args) -> dict:
+    device = resolve_device(args.device)
+    size_name = "tiny" if args.quick else args.size
+    batch_size = 4 if args.quick else args.batch
+    text_len = 16 if args.quick else args.text_len
+    n_images = 2 if args.quick else args.pipeline_images
+    repeats = args.repeats or (1 if args.quick else 5)
+    size = tower_size(size_name)
+    processor = build_processor(size)
+    clip, smartclip = build_models(size, processor)
+    clip.to(device).eval()
+    smartclip.to(device).eval()
+    batch = {k: v.to(device) for k, v in random_batch(size, processor, batch_size, text_len).items()}
+    images = random_images(n_images, size.image_size)
+    print(f"[inference] size {size_name}, batch {batch_size}, text length {text_len}, {repeats} repeats")
+
+    rows = []
+    for kind, unit, call in (
+        ("image", "images/s", lambda m: m.get_image_features(batch["pixel_values"])),
+        ("text", "texts/s", lambda m: m.get_text_features(batch["input_ids"], batch["attention_mask"])),
+    ):
+        with torch.inference_mode():
+            seconds = time_runs({"smartclip": lambda: call(smartclip), "clip": lambda: call(clip)}, repeats, args.warmup, device)
+        rows.append(
+            row(
+                f"get_{kind}_features, batch {batch_size}", seconds["smartclip"].rate(batch_size, unit),
+                seconds["clip"].rate(batch_size, unit), GOAL, flop_ratio=flop_ratio(call, smartclip, clip),
+            )
+        )
+
+    # one forward of the pipeline: every label's prompt against one image
+    prompts = [TEMPLATE.format(label) for label in LABELS]
+    pipeline_inputs = processor(text=prompts, images=images[:1], return_tensors="pt", padding=True).to(device)
+
+    pipelines = {"smartclip": zero_shot(smartclip, processor, device), "clip": zero_shot(clip, processor, device)}
+    for scoring in ("plain", "modular"):
+        smartclip.config.scoring = scoring
+        runs = {
+            name: (lambda pipe=pipe: pipe(images, candidate_labels=LABELS, hypothesis_template=TEMPLATE))
+            for name, pipe in pipelines.items()
+        }
+        seconds = time_runs(runs, repeats, args.warmup, device)
+        result = row(
+            f"zero-shot pipeline, {scoring} scoring, {len(LABELS)} labels", seconds["smartclip"].rate(n_images, "images/s"),
+            seconds["clip"].rate(n_images, "images/s"), GOAL, scoring=scoring,
+            flop_ratio=flop_ratio(lambda m: m(**pipeline_inputs), smartclip, clip),
+        )
+        if result["met"] is False and not args.quick and device.type == "cpu":
+            result["profile"] = profile_difference(runs)
+        rows.append(result)
+    smartclip.config.scoring = "plain"
+
+    notes = [
+        f"towers: {size_name} {size}; feature batches of {batch_size}, captions of {text_len} tokens.",
+        f"pipeline: {n_images} random {size.image_size}x{size.image_size} images per call, one image per forward "
+        f"(the pipeline's default), {len(LABELS)} labels, template {TEMPLATE!r}; SmartCLIP's forward runs the mask "
+        "head in both scorings.",
+        "ratio = SmartCLIP throughput / CLIP throughput (medians); flop_ratio = CLIP FLOPs / SmartCLIP FLOPs "
+        "(torch.utils.flop_counter), the ratio that SmartCLIP's extra work alone would give.",
+    ]
+    settings = {"size": size_name, "batch": batch_size, "text_len": text_len, "pipeline_images": n_images, "repeats": repeats}
+    return section("inference", "Inference throughput", device, settings, rows, notes)
+
+
+def arguments():
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--size", default="mid", help="tower size: tiny, small, mid (CPU default) or b32")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--text-len", type=int, default=77)
+    p.add_argument("--pipeline-images", type=int, default=16)
+    return p
+
+
+if __name__ == "__main__":
+    main_for("inference", run, arguments())

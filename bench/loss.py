@@ -1,0 +1,114 @@
+"""Question 2: the loss alone. `modular_loss` vs `clip_loss`, forward + backward: time and peak memory.
+
+Goal: peak memory <= 1.5x CLIP's, and no `(B, B, D)` tensor anywhere. The per-pair form `cos(I_b * M_a, T_a)` built
+directly would hold `B * B * D` floats (`B*B*D*4` bytes); the table shows that figure next to the largest tensor the
+modular loss really allocates.
+
+    python bench/loss.py [--batch 256 1024 4096] [--dim 512 768] [--quick]
+"""
+
+import torch
+import torch.nn.functional as F
+
+from common import Goal, main_for, memory_figure, parser, peak_memory, resolve_device, row, saved_tensor_bytes, section, time_runs
+from modeling_smartclip.losses import clip_loss, modular_loss
+from proposals import lean_modular_loss
+
+MEMORY_GOAL = Goal(1.5, at_most=True)
+MIB = 2**20
+
+
+def loss_inputs(batch: int, dim: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Leaf tensors shaped like the model's: unit-norm `(B, D)` embeddings, a 0/1 mask and its probabilities
+    (both receive gradients, as the straight-through mask does), and the log-temperature."""
+    generator = torch.Generator().manual_seed(seed)
+    probs = torch.rand(batch, dim, generator=generator)
+    leaves = {
+        "text_embeds": F.normalize(torch.randn(batch, dim, generator=generator), dim=-1),
+        "image_embeds": F.normalize(torch.randn(batch, dim, generator=generator), dim=-1),
+        "text_masks": (probs > 0.5).float(),
+        "text_mask_probs": probs,
+        "logit_scale": torch.tensor(2.6592),
+    }
+    return {name: tensor.to(device).requires_grad_() for name, tensor in leaves.items()}
+
+
+def forward_backward(loss_fn, inputs: dict[str, torch.Tensor]) -> None:
+    for tensor in inputs.values():
+        tensor.grad = None
+    loss_fn(inputs).backward()
+
+
+def modular(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return modular_loss(**inputs)
+
+
+def proposed(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return lean_modular_loss(**inputs)
+
+
+def clip(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return clip_loss(inputs["text_embeds"], inputs["image_embeds"], inputs["logit_scale"])
+
+
+def run(args) -> dict:
+    device = resolve_device(args.device)
+    batches = [32, 64] if args.quick else args.batch
+    dims = [16] if args.quick else args.dim
+    print(f"[loss] batches {batches}, dims {dims}")
+    rows = []
+    for dim in dims:
+        for batch in batches:
+            # the largest sizes take seconds per call on one CPU core: fewer repeats there
+            repeats = args.repeats or (1 if args.quick else 5 if batch * batch * dim <= 1024**2 * 768 else 3)
+            inputs = loss_inputs(batch, dim, device)
+            losses = {"modular": modular, "proposed": proposed, "clip": clip}
+            runs = {name: (lambda fn=fn: forward_backward(fn, inputs)) for name, fn in losses.items()}
+            seconds = time_runs(runs, repeats, args.warmup, device)
+            memory = {name: peak_memory(run_fn, device) for name, run_fn in runs.items()}
+            saved = {name: saved_tensor_bytes(lambda fn=fn: fn(inputs))[1] / MIB for name, fn in losses.items()}
+            naive_mib = batch * batch * dim * 4 / MIB
+            for variant in ("modular", "proposed"):
+                label = f"B={batch}, D={dim}" + (", proposed" if variant == "proposed" else "")
+                shape = {"batch": batch, "dim": dim, "variant": "package" if variant == "modular" else "proposed"}
+                rows.append(row(f"loss time, {label}", seconds[variant], seconds["clip"], None, **shape))
+                largest = memory[variant].largest_allocation_bytes
+                largest_mib = largest / MIB if largest is not None else None
+                rows.append(
+                    row(
+                        f"loss peak memory, {label}", memory_figure(memory[variant]), memory_figure(memory["clip"]),
+                        MEMORY_GOAL, **shape, naive_pairwise_mib=naive_mib, largest_tensor_mib=largest_mib,
+                        saved_for_backward_mib={"ours": saved[variant], "clip": saved["clip"]},
+                        detail=(
+                            f"per-pair B*B*D*4 = {naive_mib:,.1f} MiB; largest tensor "
+                            f"{'n/a' if largest_mib is None else f'{largest_mib:,.1f}'} MiB; saved for backward "
+                            f"{saved[variant]:,.1f} vs {saved['clip']:,.1f} MiB"
+                        ),
+                    )
+                )
+    notes = [
+        "inputs are leaf tensors (B, D): unit-norm text and image embeddings, a 0/1 mask and its probabilities "
+        "(all receiving gradients) and the log-temperature; one call = loss forward + backward.",
+        "peak memory: CUDA, torch.cuda.max_memory_allocated; CPU, the running sum of torch's allocations and frees "
+        "recorded by torch.profiler (profile_memory=True) during forward + backward, gradients included. "
+        "'saved for backward' sums the distinct storages autograd saves (saved_tensors_hooks) plus the loss.",
+        "naive_pairwise_mib = B*B*D*4 bytes, what materialising cos(I_b * M_a, T_a) per pair would hold; "
+        "largest_tensor_mib = the largest single allocation the modular loss makes.",
+        "'proposed' rows: bench/proposals.py lean_modular_loss (same value and gradients), the change proposed for "
+        "modeling_smartclip: one (B, B) tensor saved for backward instead of four, logit scale on the (B, D) side.",
+    ]
+    settings = {"batches": batches, "dims": dims, "warmup": args.warmup}
+    return section(
+        "loss", "Modular loss vs CLIP loss (forward + backward)", device, settings, rows, notes, ("modular", "CLIP")
+    )
+
+
+def arguments():
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, nargs="+", default=[256, 1024, 4096])
+    p.add_argument("--dim", type=int, nargs="+", default=[512, 768])
+    return p
+
+
+if __name__ == "__main__":
+    main_for("loss", run, arguments())

@@ -1,0 +1,84 @@
+"""Changes proposed for `modeling_smartclip/masking.py` and `losses.py`, measured here before they are made there.
+
+The benchmarks run these next to the package's functions and report both, so each proposal's effect is a measured
+figure. Same mathematics as `masked_similarity`: `S[a, b] = <T_a * M_a, I_b> / (|T_a| * sqrt(M_a . I_b^2))`.
+
+1. `LeanMaskedCosine`: an autograd function that keeps one `(n_text, n_image)` tensor for backward (the inverse
+   masked norm) instead of four (autograd keeps the numerator, the clamp's input, the square root and, through the
+   logit scale's product, the similarity itself), and recomputes the numerator in backward (one more matmul).
+2. The logit scale multiplies the `(n_text, D)` masked captions, not the `(n_text, n_image)` similarity, so its
+   gradient needs no `(n_text, n_image)` tensor (as `clip_loss` already does by operator precedence).
+3. `preallocated_masked_similarity` (no gradient, retrieval): blocks are written into one preallocated output with
+   in-place operations, instead of kept in a list and concatenated (which holds the result twice).
+"""
+
+import torch
+
+from modeling_smartclip.losses import contrastive_loss
+
+
+class LeanMaskedCosine(torch.autograd.Function):
+    """`S = (A @ I^T) * rsqrt(M @ J^T)` for masked unit captions `A = T * M / |T|` (optionally scaled), images `I`,
+    masks `M` and squared images `J = I^2`, all `(n, D)`; returns `(n_text, n_image)`."""
+
+    @staticmethod
+    def forward(ctx, masked_text, image_embeds, text_masks, image_embeds_squared):
+        tiny = torch.finfo(image_embeds.dtype).tiny
+        inverse_norm = (text_masks @ image_embeds_squared.T).clamp_min_(tiny).rsqrt_()  # (n_text, n_image)
+        ctx.save_for_backward(masked_text, image_embeds, text_masks, image_embeds_squared, inverse_norm)
+        return (masked_text @ image_embeds.T).mul_(inverse_norm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        masked_text, image_embeds, text_masks, image_embeds_squared, inverse_norm = ctx.saved_tensors
+        grad_numerator = grad * inverse_norm  # dS/dN = rsqrt(P)
+        # dS/dP = -N * P^(-3/2) / 2, built in place in the recomputed numerator's memory
+        grad_squared_norm = (masked_text @ image_embeds.T).mul_(grad_numerator).mul_(inverse_norm).mul_(inverse_norm)
+        grad_squared_norm.mul_(-0.5)
+        return (
+            grad_numerator @ image_embeds,  # (n_text, D)
+            grad_numerator.T @ masked_text,  # (n_image, D)
+            grad_squared_norm @ image_embeds_squared,  # (n_text, D)
+            grad_squared_norm.T @ text_masks,  # (n_image, D)
+        )
+
+
+def lean_modular_loss(
+    text_embeds: torch.Tensor,
+    image_embeds: torch.Tensor,
+    text_masks: torch.Tensor,
+    text_mask_probs: torch.Tensor,
+    logit_scale: torch.Tensor,
+    lambda_align: float = 1.0,
+    lambda_sparsity: float = 0.01,
+) -> torch.Tensor:
+    """`modular_loss` with proposals 1 and 2: same value, one `(B, B)` tensor saved for backward instead of four."""
+    masked_text = text_embeds * text_masks * (logit_scale.exp() / text_embeds.norm(dim=-1, keepdim=True))  # (B, D)
+    logits_per_text = LeanMaskedCosine.apply(masked_text, image_embeds, text_masks, image_embeds.square())
+    return lambda_align * contrastive_loss(logits_per_text) + lambda_sparsity * text_mask_probs.mean()
+
+
+@torch.no_grad()
+def preallocated_masked_similarity(
+    text_embeds: torch.Tensor,
+    image_embeds: torch.Tensor,
+    text_masks: torch.Tensor,
+    chunk_size: int | None = None,
+    image_embeds_squared: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`masked_similarity` for inference (proposal 3): `(n_text, n_image)`, with at most one more
+    `(chunk_size, n_image)` block alive beside the output."""
+    if image_embeds_squared is None:
+        image_embeds_squared = image_embeds.square()  # (n_image, D)
+    masked_text = text_embeds * text_masks / text_embeds.norm(dim=-1, keepdim=True)  # (n_text, D)
+    tiny = torch.finfo(image_embeds.dtype).tiny
+    output = masked_text.new_empty(len(text_embeds), len(image_embeds))
+    step = chunk_size or max(len(text_embeds), 1)
+    for start in range(0, len(text_embeds), step):
+        block = output[start : start + step]  # (chunk, n_image), a view
+        torch.matmul(text_masks[start : start + step], image_embeds_squared.T, out=block)
+        block.clamp_min_(tiny).rsqrt_().mul_(masked_text[start : start + step] @ image_embeds.T)
+    return output
+
+
+__all__ = ["LeanMaskedCosine", "lean_modular_loss", "preallocated_masked_similarity"]

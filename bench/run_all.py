@@ -1,0 +1,64 @@
+"""Runs every benchmark and writes `bench/results.json` and `bench/results.md`.
+
+    python bench/run_all.py            # the full run (about 10 minutes on one CPU core)
+    python bench/run_all.py --quick    # tiny sizes, one repeat: checks the scripts, measures nothing
+    python bench/run_all.py --only loss retrieval
+
+Every benchmark also runs alone (`python bench/loss.py --help`); here each gets `--quick`, `--threads`, `--device`,
+`--repeats` and `--warmup` passed through, and its own defaults otherwise.
+"""
+
+import argparse
+import importlib
+import time
+from pathlib import Path
+
+from common import BENCH_DIR, fix_threads, machine_line, markdown, write_json
+
+BENCHMARKS = ("train_step", "loss", "inference", "text_length", "scaling", "accuracy", "retrieval")
+
+
+def arguments() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes and one repeat")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda'")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default: each script's)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="benchmarks to run")
+    p.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where results.json and results.md go")
+    p.add_argument("--results", type=Path, default=None, help="smartclip-compare's results JSON (question 6)")
+    return p
+
+
+def forwarded(args: argparse.Namespace, name: str) -> list[str]:
+    """The command line the benchmark `name` would get if run alone."""
+    argv = ["--threads", str(args.threads), "--device", args.device, "--warmup", str(args.warmup)]
+    argv += ["--quick"] if args.quick else []
+    argv += ["--repeats", str(args.repeats)] if args.repeats else []
+    if name == "accuracy":
+        argv += ["--plots", str(args.out_dir / "plots")]
+        argv += ["--results", str(args.results)] if args.results else []
+    return argv
+
+
+def main(argv=None) -> list[dict]:
+    args = arguments().parse_args(argv)
+    fix_threads(args.threads)
+    sections = []
+    for name in args.only:
+        module = importlib.import_module(name)
+        start = time.perf_counter()
+        result = module.run(module.arguments().parse_args(forwarded(args, name)))
+        result["wall_seconds"] = round(time.perf_counter() - start, 1)
+        sections.append(result)
+    write_json(args.out_dir / "results.json", {"quick": args.quick, "benchmarks": sections})
+    (args.out_dir / "results.md").write_text(markdown(sections) + "\n")
+    print(f"wrote {args.out_dir / 'results.md'}")
+    if sections:
+        print(f"machine: {machine_line(sections[0]['machine'])}")
+    return sections
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Question 5: data-parallel scaling. One process vs two (gloo, spawned) on the same global batch: SmartCLIP
+training-step time and the loss agreement.
+
+Each process holds `global_batch / world_size` pairs; the loss is the training plug-in's (`smartclip_train.losses`,
+which all-gathers the features so every rank computes the global batch's loss) and the model is wrapped in DDP when
+there are two processes. Both runs start from the same weights and see the same batch, so their losses must agree
+step for step (up to float summation order).
+
+    python bench/scaling.py [--size mid] [--global-batch 64] [--quick]
+"""
+
+import json
+import socket
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from common import Figure, main_for, parser, resolve_device, row, section, time_runs
+from smartclip_train.losses import build_loss
+from towers import build_models, build_processor, random_batch, tower_size
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, settings: dict, out_path: str) -> None:
+    """One rank: time `warmup + repeats` training steps on its share of the global batch; rank 0 writes the result."""
+    torch.set_num_threads(settings["threads"])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        size = tower_size(settings["size"])
+        processor = build_processor(size)
+        _, model = build_models(size, processor)  # seeded: the same weights in every process
+        batch = random_batch(size, processor, settings["global_batch"], settings["text_len"], seed=1)
+        share = settings["global_batch"] // world_size
+        local = {name: value[rank * share : (rank + 1) * share] for name, value in batch.items()}
+        model.train()
+        wrapped = DistributedDataParallel(model) if world_size > 1 else model
+        optimizer = torch.optim.AdamW(model.parameters())
+        loss_fn = build_loss("smartclip")
+        losses = []
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = loss_fn(wrapped, wrapped(**local), local)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+
+        seconds = time_runs({"step": step}, settings["repeats"], settings["warmup"])["step"]
+        if rank == 0:
+            Path(out_path).write_text(json.dumps({"seconds": asdict(seconds), "losses": losses}))
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_run(world_size: int, settings: dict) -> dict:
+    """Runs `world_size` spawned processes; returns rank 0's `{"seconds": ..., "losses": [...]}`."""
+    with tempfile.TemporaryDirectory() as folder:
+        out_path = str(Path(folder) / "result.json")
+        mp.spawn(_worker, args=(world_size, free_port(), settings, out_path), nprocs=world_size, join=True)
+        return json.loads(Path(out_path).read_text())
+
+
+def run(args) -> dict:
+    device = resolve_device(args.device)
+    if device.type != "cpu":
+        print("[scaling] gloo runs on CPU; measuring on CPU")
+    settings = {
+        "size": "tiny" if args.quick else args.size,
+        "global_batch": 8 if args.quick else args.global_batch,
+        "text_len": 16 if args.quick else args.text_len,
+        "repeats": args.repeats or (1 if args.quick else 5),
+        "warmup": args.warmup,
+        "threads": args.threads,
+    }
+    if settings["global_batch"] % 2:
+        raise ValueError(f"global_batch={settings['global_batch']}; expected an even number (two processes share it).")
+    print(f"[scaling] {settings}")
+    results = {world_size: spawn_run(world_size, settings) for world_size in (1, 2)}
+    seconds = {world_size: Figure(**result["seconds"]) for world_size, result in results.items()}
+    one, two = results[1]["losses"], results[2]["losses"]
+    difference = max(abs(a - b) for a, b in zip(one, two))
+    rows = [
+        row(
+            f"training step, global batch {settings['global_batch']}, 2 processes vs 1", seconds[2], seconds[1],
+            losses_1_process=one, losses_2_processes=two, max_loss_difference=difference,
+            detail=f"largest loss difference over {len(one)} steps: {difference:.1e}",
+        )
+    ]
+    print(f"    losses, 1 process: {[round(v, 6) for v in one]}; 2 processes: {[round(v, 6) for v in two]}; "
+          f"largest difference {difference:.2e}")
+    notes = [
+        f"SmartCLIP, towers {settings['size']}, captions of {settings['text_len']} tokens; {settings['threads']} "
+        "torch thread(s) per process, so two processes use twice the cores; ideal ratio 0.5.",
+        "loss: smartclip_train.losses' 'smartclip' plug-in (features all-gathered with autograd), DDP over 2 ranks; "
+        "every step's loss is compared (the first before any update).",
+    ]
+    title = "Data-parallel scaling: 1 vs 2 processes (gloo)"
+    return section("scaling", title, torch.device("cpu"), settings, rows, notes, ("2 processes", "1 process"))
+
+
+def arguments():
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--size", default="mid", help="tower size: tiny, small, mid (CPU default) or b32")
+    p.add_argument("--global-batch", type=int, default=64)
+    p.add_argument("--text-len", type=int, default=77)
+    return p
+
+
+if __name__ == "__main__":
+    main_for("scaling", run, arguments())

@@ -1,0 +1,73 @@
+"""Question 1: what does a SmartCLIP training step cost next to a CLIP one?
+
+One step = zero the gradients, forward with `return_loss=True`, backward, AdamW step. SmartCLIP runs its mask head and
+the modular loss; `CLIPModel` runs CLIP's loss; towers, weights and inputs are identical. Goal: time ratio <= 1.05.
+
+    python bench/train_step.py [--size mid] [--batch 64 256] [--quick]
+"""
+
+import torch
+
+from common import Goal, count_flops, main_for, parser, profile_difference, resolve_device, row, section, time_runs
+from towers import build_models, build_processor, random_batch, tower_size
+
+GOAL = Goal(1.05, at_most=True)
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    model(**batch, return_loss=True).loss.backward()
+    optimizer.step()
+
+
+def run(args) -> dict:
+    device = resolve_device(args.device)
+    size_name = "tiny" if args.quick else args.size
+    batches = [8] if args.quick else args.batch
+    text_len = 16 if args.quick else args.text_len
+    repeats = args.repeats or (1 if args.quick else 5)
+    size = tower_size(size_name)
+    processor = build_processor(size)
+    clip, smartclip = build_models(size, processor)
+    clip.to(device).train()
+    smartclip.to(device).train()
+    optimizers = {"smartclip": torch.optim.AdamW(smartclip.parameters()), "clip": torch.optim.AdamW(clip.parameters())}
+    models = {"smartclip": smartclip, "clip": clip}
+
+    print(f"[train_step] size {size_name}, text length {text_len}, batches {batches}, {repeats} repeats")
+    rows = []
+    for batch_size in batches:
+        batch = {k: v.to(device) for k, v in random_batch(size, processor, batch_size, text_len).items()}
+        steps = {name: (lambda name=name: training_step(models[name], optimizers[name], batch)) for name in models}
+        seconds = time_runs(steps, repeats, args.warmup, device)
+        flops = {name: count_flops(step) for name, step in steps.items()}
+        result = row(
+            f"training step, batch {batch_size}", seconds["smartclip"], seconds["clip"], GOAL, batch=batch_size,
+            flop_ratio=flops["smartclip"] / flops["clip"],
+        )
+        if result["met"] is False and not args.quick and device.type == "cpu":
+            result["profile"] = profile_difference(steps)
+        rows.append(result)
+
+    notes = [
+        f"towers: {size_name} {size}; captions of {text_len} tokens; SmartCLIP = CLIP's towers + mask head "
+        f"({sum(p.numel() for p in smartclip.mask_head.parameters()):,} parameters, "
+        f"{sum(p.numel() for p in clip.parameters()):,} in CLIP) + modular loss.",
+        "ratio = SmartCLIP step time / CLIP step time (medians); runs alternate between the two models. "
+        "flop_ratio = the same ratio in matmul/attention FLOPs (torch.utils.flop_counter), the work the mask head "
+        "and the modular loss add whatever the machine's load.",
+    ]
+    settings = {"size": size_name, "batches": batches, "text_len": text_len, "repeats": repeats, "warmup": args.warmup}
+    return section("train_step", "Training step time (forward + backward + AdamW)", device, settings, rows, notes)
+
+
+def arguments():
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--size", default="mid", help="tower size: tiny, small, mid (CPU default) or b32")
+    p.add_argument("--batch", type=int, nargs="+", default=[64, 256], help="batch sizes")
+    p.add_argument("--text-len", type=int, default=77, help="tokens per caption")
+    return p
+
+
+if __name__ == "__main__":
+    main_for("train_step", run, arguments())

@@ -1,0 +1,524 @@
+"""SmartCLIP demo: zero-shot classification, retrieval and mask inspection in a Gradio app.
+
+Run `smartclip-demo --model PATH_OR_REPO_ID` (or `python app.py` in a Hugging Face Space). The app loads the model
+with `trust_remote_code=True`, so this file needs only torch, transformers, gradio, pillow, numpy and matplotlib:
+it is copied unchanged into the Space folder that `smartclip_demo.space` writes.
+
+Nothing reaches out of the machine: the server binds 127.0.0.1 unless told otherwise, there is no share link, and
+Gradio's analytics and version check are off (the environment variable must be set before gradio is imported).
+"""
+
+import os
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import argparse
+import functools
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, UnidentifiedImageError
+from transformers import AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor, pipeline
+
+# What the README's main job (`smartclip-compare`) saves.
+DEFAULT_MODEL_DIR = "outputs/compare/smartclip"
+MODEL_ENV_VAR = "SMARTCLIP_MODEL"
+# Written next to app.py in a Space: {"model": "owner/repo"}.
+SPACE_CONFIG_FILE = "space_config.json"
+# In a gallery folder: the captions an image searches, one per line.
+CAPTIONS_FILE = "captions.txt"
+BUILTIN_GALLERY_SIZE = 64
+SCORINGS = ("plain", "modular")
+# A caption this long is a paste accident, not a description: 248 tokens are roughly 1,500 characters.
+MAX_CAPTION_CHARS = 5000
+MAX_CAPTIONS = 16
+MAX_LABELS = 50
+MAX_UPLOAD = "10mb"
+# 32x32 scenes are unreadable at gallery size; upscale small images with nearest-neighbour for display only.
+DISPLAY_MIN_SIZE = 128
+ENCODE_BATCH = 64
+
+
+@dataclass
+class Gallery:
+    """Images a caption searches and captions an image searches.
+
+    `names[i]` describes `images[i]` in the results (a file name or a scene's caption); `skipped` lists the files
+    of a gallery folder that could not be read as images.
+    """
+
+    source: str
+    images: list[Image.Image]
+    names: list[str]
+    captions: list[str]
+    skipped: list[str]
+
+    def summary(self) -> str:
+        text = f"{len(self.images)} images from {self.source}, {len(self.captions)} captions"
+        if self.skipped:
+            text += f"; {len(self.skipped)} unreadable file(s) skipped: {', '.join(self.skipped)}"
+        return text
+
+
+def load_gallery_folder(folder: str | os.PathLike) -> Gallery:
+    """Every readable image in `folder` (not recursive); files that are not images are skipped and counted.
+
+    The captions come from `captions.txt` in the folder (one per line) when present, else from the built-in scenes.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"--gallery {folder}: not a folder; expected a folder of images.")
+    images, names, skipped = [], [], []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.name == CAPTIONS_FILE:
+            continue
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))  # convert() decodes now, so a truncated file fails here
+            names.append(path.name)
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+            skipped.append(path.name)
+    captions_path = folder / CAPTIONS_FILE
+    if captions_path.is_file():
+        captions = [line.strip() for line in captions_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        builtin = builtin_gallery()
+        captions = builtin.captions if builtin else []
+    return Gallery(str(folder), images, names, list(dict.fromkeys(captions)), skipped)
+
+
+@functools.cache
+def builtin_gallery() -> Gallery | None:
+    """The built-in test scenes when the training package is installed (not in a Space), else `None`."""
+    try:
+        from smartclip_train.scenes import make_scenes
+    except ImportError:
+        return None
+    # num_train=0 fails in make_scenes (an empty split has no inferable schema); one train scene costs nothing.
+    scenes = make_scenes(num_train=1, num_test=BUILTIN_GALLERY_SIZE)["test"]
+    long_captions = list(scenes["long_caption"])
+    short_captions = [caption for captions in scenes["short_captions"] for caption in captions]
+    images = [image.convert("RGB") for image in scenes["image"]]
+    captions = list(dict.fromkeys(long_captions + short_captions))
+    return Gallery("the built-in test scenes", images, long_captions, captions, [])
+
+
+def resolve_gallery(folder: str | None) -> Gallery | None:
+    """`--gallery` if given, else the built-in scenes, else a `gallery/` folder shipped next to this file (Space)."""
+    if folder:
+        return load_gallery_folder(folder)
+    shipped = Path(__file__).with_name("gallery")
+    return builtin_gallery() or (load_gallery_folder(shipped) if shipped.is_dir() else None)
+
+
+def default_model_source() -> str:
+    """`$SMARTCLIP_MODEL`, else the repo id in a Space's `space_config.json`, else what `smartclip-compare` saves."""
+    if os.environ.get(MODEL_ENV_VAR):
+        return os.environ[MODEL_ENV_VAR]
+    space_config = Path(__file__).with_name(SPACE_CONFIG_FILE)
+    if space_config.is_file():
+        return json.loads(space_config.read_text(encoding="utf-8"))["model"]
+    return DEFAULT_MODEL_DIR
+
+
+def to_display(image: Image.Image) -> Image.Image:
+    if min(image.size) >= DISPLAY_MIN_SIZE:
+        return image
+    factor = -(-DISPLAY_MIN_SIZE // min(image.size))  # ceiling division
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def mask_figure(masks: np.ndarray, overlap: np.ndarray) -> Image.Image:
+    """A PNG-ready image of `masks` `(n_caption, D)` as a heatmap beside their `(n_caption, n_caption)` overlap."""
+    n, dims = masks.shape
+    fig = Figure(figsize=(11, 1.6 + 0.4 * n), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    # Titles go below the axes: the top of the image is where Gradio draws its buttons.
+    fig.suptitle("Which embedding dimensions each caption's mask keeps", x=0.01, ha="left", fontsize=11)
+    mask_ax, overlap_ax = fig.subplots(1, 2, width_ratios=[4, 1])
+    mask_ax.imshow(masks, aspect="auto", cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    mask_ax.set_yticks(range(n), [f"caption {i + 1}" for i in range(n)])
+    mask_ax.set_xlabel(f"embedding dimension (of {dims}); dark = kept")
+    overlap_ax.imshow(overlap, cmap="Oranges", vmin=0, vmax=1)
+    overlap_ax.set_xticks(range(n), [str(i + 1) for i in range(n)])
+    overlap_ax.set_yticks(range(n), [str(i + 1) for i in range(n)])
+    overlap_ax.set_xlabel("mask overlap (IoU)")
+    if n <= 8:
+        for i in range(n):
+            for j in range(n):
+                colour = "white" if overlap[i, j] > 0.6 else "black"
+                overlap_ax.text(j, i, f"{overlap[i, j]:.2f}", ha="center", va="center", fontsize=8, color=colour)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def mask_overlap(masks: torch.Tensor) -> torch.Tensor:
+    """Intersection over union of binary masks `(n, D)` -> `(n, n)`; two empty masks overlap fully."""
+    intersection = masks @ masks.T  # (n, n)
+    sizes = masks.sum(dim=-1)  # (n,)
+    union = sizes[:, None] + sizes[None, :] - intersection
+    return torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))
+
+
+class SmartCLIPDemo:
+    """A loaded SmartCLIP model, its zero-shot pipeline and an encoded gallery; one method per tab.
+
+    The methods raise `ValueError` with a message for the user on bad input; `build_app` shows it in the UI.
+    """
+
+    def __init__(self, model, processor, gallery: Gallery | None = None, source: str = ""):
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.source = source
+        self.gallery = gallery
+        # The processor truncates at the tokenizer's length and the model at its position table: the smaller wins.
+        self.max_tokens = min(self.tokenizer.model_max_length, model.config.text_config.max_position_embeddings)
+        # Registering the remote class tells the pipeline that it supports the task (else it logs an error).
+        AutoModelForZeroShotImageClassification.register(type(model.config), type(model), exist_ok=True)
+        self.classifier = pipeline(
+            "zero-shot-image-classification", model=model, tokenizer=self.tokenizer,
+            image_processor=processor.image_processor, device=model.device,
+        )
+        self.gallery_embeds = self.encode_images(gallery.images) if gallery and gallery.images else None
+        self.caption_embeds, self.caption_masks = (
+            self.encode_captions(gallery.captions) if gallery and gallery.captions else (None, None)
+        )
+
+    @classmethod
+    def from_pretrained(cls, source: str, gallery: Gallery | None = None) -> "SmartCLIPDemo":
+        """Loads a SmartCLIP folder or Hub id (remote code), on the GPU when there is one."""
+        model = AutoModel.from_pretrained(source, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
+        if model.config.model_type != "smartclip":
+            raise ValueError(f"{source} is a {model.config.model_type!r} model; expected a SmartCLIP ('smartclip').")
+        return cls(model.to("cuda" if torch.cuda.is_available() else "cpu"), processor, gallery, source)
+
+    # ----- encoders -----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        """Unit-norm image embeddings `(n_image, D)`."""
+        embeds = []
+        for start in range(0, len(images), ENCODE_BATCH):
+            pixel_values = self.processor.image_processor(images=images[start : start + ENCODE_BATCH], return_tensors="pt")["pixel_values"]
+            features = self.model.get_image_features(pixel_values.to(self.model.device, self.model.dtype))
+            embeds.append(features / features.norm(dim=-1, keepdim=True))
+        return torch.cat(embeds)
+
+    @torch.no_grad()
+    def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-norm caption embeddings and binary masks, both `(n_caption, D)`; long captions are truncated."""
+        embeds, masks = [], []
+        for start in range(0, len(captions), ENCODE_BATCH):
+            tokens = self.tokenizer(
+                captions[start : start + ENCODE_BATCH], padding=True, truncation=True, max_length=self.max_tokens,
+                return_tensors="pt",
+            ).to(self.model.device)
+            batch_embeds, batch_masks = self.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+            embeds.append(batch_embeds)
+            masks.append(batch_masks)
+        return torch.cat(embeds), torch.cat(masks)
+
+    @torch.no_grad()
+    def cosines(self, text_embeds, image_embeds, text_masks) -> dict[str, torch.Tensor]:
+        """`(n_text, n_image)` similarities under both scorings, via the model's own `score` (unscaled to cosines)."""
+        scale = self.model.logit_scale.exp()
+        return {s: (self.model.score(text_embeds, image_embeds, text_masks, s) / scale).cpu() for s in SCORINGS}
+
+    # ----- input checks -------------------------------------------------------------------------------------------
+
+    def count_tokens(self, captions: list[str], what: str = "caption") -> list[int]:
+        """Each caption's token count (special tokens included); raises on no caption or an absurdly long one."""
+        if not captions:
+            raise ValueError(f"Enter a {what}: the text box is empty.")
+        for i, caption in enumerate(captions):
+            if len(caption) > MAX_CAPTION_CHARS:
+                raise ValueError(
+                    f"{what.capitalize()} {i + 1} is {len(caption):,} characters long; the limit is "
+                    f"{MAX_CAPTION_CHARS:,} (the model reads at most {self.max_tokens} tokens)."
+                )
+        return [len(ids) for ids in self.tokenizer(captions)["input_ids"]]
+
+    def truncation_note(self, lengths: list[int], what: str = "caption") -> str:
+        """Names the captions longer than the model reads, or says nothing."""
+        cut = [f"{what} {i + 1} ({length} tokens)" for i, length in enumerate(lengths) if length > self.max_tokens]
+        if not cut:
+            return ""
+        return f"**Truncated** to the model's {self.max_tokens} tokens (the rest was not read): {', '.join(cut)}."
+
+    @staticmethod
+    def check_image(image: Image.Image | None, what: str = "an image") -> Image.Image:
+        if image is None:
+            raise ValueError(f"Upload {what} first.")
+        return image.convert("RGB")
+
+    def check_gallery(self) -> Gallery:
+        if self.gallery is None or not self.gallery.images:
+            raise ValueError("No gallery images to search: start the demo with --gallery FOLDER_OF_IMAGES.")
+        return self.gallery
+
+    # ----- the three tabs -----------------------------------------------------------------------------------------
+
+    def zero_shot(self, image: Image.Image | None, labels: str, template: str) -> tuple[dict[str, float], str]:
+        """Scores of `labels` (comma-separated) for `image` through the zero-shot pipeline, and a note."""
+        image = self.check_image(image)
+        names = list(dict.fromkeys(label.strip() for label in (labels or "").split(",") if label.strip()))
+        if not names:
+            raise ValueError("Enter at least one label, separated by commas (e.g. 'red circle, blue square').")
+        if len(names) > MAX_LABELS:
+            raise ValueError(f"{len(names)} labels given; the limit is {MAX_LABELS}.")
+        template = (template or "").strip() or "{}"
+        if "{}" not in template:
+            raise ValueError(f"The prompt template {template!r} has no '{{}}' where the label goes.")
+        note = self.truncation_note(self.count_tokens([template.format(name) for name in names], "prompt"), "prompt")
+        results = self.classifier(image, candidate_labels=names, hypothesis_template=template)
+        scoring = f"Scored with **{self.model.config.scoring}** scoring (the model's `config.scoring`)."
+        return {result["label"]: result["score"] for result in results}, " ".join(filter(None, [scoring, note]))
+
+    def search_images(self, caption: str, scoring: str, k: int) -> tuple[list, dict, str]:
+        """The `k` gallery images best matching `caption` under `scoring`: gallery items, a table and a note."""
+        gallery = self.check_gallery()
+        caption = (caption or "").strip()
+        note = self.truncation_note(self.count_tokens([caption] if caption else []))
+        text_embeds, text_masks = self.encode_captions([caption])
+        scores = {s: values[0] for s, values in self.cosines(text_embeds, self.gallery_embeds, text_masks).items()}
+        top = scores[scoring].topk(min(int(k), len(gallery.images))).indices.tolist()
+        items = [
+            (to_display(gallery.images[i]), f"#{rank + 1}  {scores[scoring][i]:.3f}")
+            for rank, i in enumerate(top)
+        ]
+        rows = [[rank + 1, gallery.names[i], *(round(float(scores[s][i]), 4) for s in SCORINGS)] for rank, i in enumerate(top)]
+        table = {"headers": ["rank", "image", *(f"{s} cos" for s in SCORINGS)], "data": rows}
+        summary = f"Ranked by **{scoring}** scoring. Gallery: {gallery.summary()}."
+        return items, table, " ".join(filter(None, [summary, note]))
+
+    def search_captions(self, image: Image.Image | None, scoring: str, k: int) -> tuple[dict, str]:
+        """The `k` gallery captions best matching `image` under `scoring`: a table and a note."""
+        image = self.check_image(image, "an image to search the captions with")
+        if self.caption_embeds is None:
+            raise ValueError(f"No captions to search: put a {CAPTIONS_FILE} (one caption per line) in the gallery folder.")
+        scores = self.cosines(self.caption_embeds, self.encode_images([image]), self.caption_masks)
+        scores = {s: values[:, 0] for s, values in scores.items()}
+        top = scores[scoring].topk(min(int(k), len(self.gallery.captions))).indices.tolist()
+        rows = [[rank + 1, self.gallery.captions[i], *(round(float(scores[s][i]), 4) for s in SCORINGS)] for rank, i in enumerate(top)]
+        table = {"headers": ["rank", "caption", *(f"{s} cos" for s in SCORINGS)], "data": rows}
+        return table, f"Ranked by **{scoring}** scoring among {len(self.gallery.captions)} captions."
+
+    def inspect_masks(self, text: str, image: Image.Image | None) -> tuple[Image.Image, dict, dict, str]:
+        """Masks of the captions in `text` (one per line): heatmap, overlap table, per-caption table, note."""
+        captions = [line.strip() for line in (text or "").splitlines() if line.strip()]
+        if len(captions) > MAX_CAPTIONS:
+            raise ValueError(f"{len(captions)} captions given; the limit is {MAX_CAPTIONS}, one per line.")
+        lengths = self.count_tokens(captions)
+        text_embeds, text_masks = self.encode_captions(captions)
+        masks = text_masks.float().cpu()
+        overlap = mask_overlap(masks)
+        heatmap = mask_figure(masks.numpy(), overlap.numpy())
+        names = [str(i + 1) for i in range(len(captions))]
+        overlap_rows = [[name, *(round(float(value), 3) for value in row)] for name, row in zip(names, overlap)]
+        headers = ["#", "caption", "tokens", "dims kept"]
+        rows = [
+            [i + 1, caption, f"{length} (cut to {self.max_tokens})" if length > self.max_tokens else str(length), int(mask.sum())]
+            for i, (caption, length, mask) in enumerate(zip(captions, lengths, masks))
+        ]
+        if image is not None:
+            scores = self.cosines(text_embeds, self.encode_images([self.check_image(image)]), text_masks)
+            headers += [f"{s} cos" for s in SCORINGS]
+            for row, *values in zip(rows, *(scores[s][:, 0] for s in SCORINGS)):
+                row += [round(float(v), 4) for v in values]
+        summary = f"{len(captions)} caption(s), {masks.shape[1]} embedding dimensions."
+        if image is None:
+            summary += " Upload an image to compare the plain and the masked (modular) score per caption."
+        overlap_table = {"headers": ["caption", *names], "data": overlap_rows}
+        note = self.truncation_note(lengths)
+        return heatmap, overlap_table, {"headers": headers, "data": rows}, " ".join(filter(None, [summary, note]))
+
+
+def read_upload(payload: dict | None) -> Image.Image | None:
+    """An uploaded file (Gradio's file payload, `{"path": ..., "orig_name": ...}`) as an RGB image."""
+    if payload is None:
+        return None
+    name = payload.get("orig_name") or "The uploaded file"
+    try:
+        with Image.open(payload["path"]) as image:
+            return image.convert("RGB")  # decodes now, so a truncated file fails here
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, KeyError, TypeError) as error:
+        raise ValueError(f"{name} is not an image that can be read (PNG, JPEG, WebP, ...).") from error
+
+
+def for_ui(method):
+    """Adapts a `SmartCLIPDemo` method to an event that runs with `preprocess=False`.
+
+    Gradio's own image decoding fails with a generic server error on a file that is not an image, so the events
+    take the raw upload payloads and `read_upload` reads them here; a `ValueError` becomes a message in the UI.
+    """
+
+    @functools.wraps(method)
+    def handler(*args):
+        try:
+            return method(*(read_upload(arg) if isinstance(arg, dict) else arg for arg in args))
+        except ValueError as error:
+            raise gr.Error(str(error), print_exception=False) from error
+
+    return handler
+
+
+MASK_EXAMPLE = (
+    "a large red circle at the top left.\n"
+    "a small blue square at the bottom right.\n"
+    "a large red circle at the top left. a small blue square at the bottom right."
+)
+# Every model call takes the one queue slot: the model is shared and CPU threads are better spent on one request.
+RUN = dict(concurrency_id="model", concurrency_limit=1, preprocess=False)
+
+
+def image_input(label: str, elem_id: str, height: int) -> gr.Image:
+    return gr.Image(type="filepath", sources=["upload", "clipboard"], label=label, elem_id=elem_id, height=height)
+
+
+def example_images(demo: SmartCLIPDemo, inputs: gr.Image) -> None:
+    """A few gallery images to click on, so that a visitor can try a tab without an image of their own."""
+    if demo.gallery and demo.gallery.images:
+        gr.Examples([[to_display(image)] for image in demo.gallery.images[:4]], inputs=[inputs], label="examples")
+
+
+def zero_shot_tab(demo: SmartCLIPDemo) -> None:
+    with gr.Row():
+        with gr.Column():
+            image = image_input("image", "zs-image", 260)
+            example_images(demo, image)
+            labels = gr.Textbox(label="labels (comma-separated)", value="red circle, blue square, green triangle", elem_id="zs-labels")
+            template = gr.Textbox(label="prompt template ({} is the label)", value="a photo of a {}.", elem_id="zs-template")
+            button = gr.Button("Classify", variant="primary", elem_id="zs-run")
+        with gr.Column():
+            scores = gr.Label(label="scores", elem_id="zs-result")
+            note = gr.Markdown(elem_id="zs-note")
+    button.click(for_ui(demo.zero_shot), [image, labels, template], [scores, note], api_name="zero_shot", **RUN)
+
+
+def retrieval_tab(demo: SmartCLIPDemo) -> None:
+    with gr.Row():
+        with gr.Column():
+            caption = gr.Textbox(label="caption", lines=2, value="a large red circle at the top left.", elem_id="rt-caption")
+            scoring = gr.Radio(list(SCORINGS), value=demo.model.config.scoring, label="rank by", elem_id="rt-scoring")
+            k = gr.Slider(1, 16, value=6, step=1, label="top k", elem_id="rt-k")
+            search_images = gr.Button("Search images", variant="primary", elem_id="rt-run")
+            image = image_input("or an image, to search the captions", "rt-image", 200)
+            search_captions = gr.Button("Search captions", elem_id="rt-run-image")
+        with gr.Column():
+            found = gr.Gallery(label="top images", columns=3, height="auto", object_fit="contain", elem_id="rt-gallery")
+            table = gr.Dataframe(label="scores under both scorings", wrap=True, elem_id="rt-table")
+            note = gr.Markdown(elem_id="rt-note")
+    search_images.click(
+        for_ui(demo.search_images), [caption, scoring, k], [found, table, note], api_name="search_images", **RUN
+    )
+    search_captions.click(
+        for_ui(demo.search_captions), [image, scoring, k], [table, note], api_name="search_captions", **RUN
+    )
+
+
+def mask_tab(demo: SmartCLIPDemo) -> None:
+    with gr.Row():
+        with gr.Column(scale=3):
+            captions = gr.Textbox(label="captions, one per line", lines=4, value=MASK_EXAMPLE, elem_id="mk-captions")
+            button = gr.Button("Show masks", variant="primary", elem_id="mk-run")
+        with gr.Column(scale=1):
+            image = image_input("image (optional): plain vs masked score", "mk-image", 180)
+    heatmap = gr.Image(format="png", interactive=False, show_label=False, buttons=["download"], elem_id="mk-heatmap")
+    note = gr.Markdown(elem_id="mk-note")
+    with gr.Row():
+        per_caption = gr.Dataframe(label="per caption", wrap=True, elem_id="mk-scores", scale=3)
+        overlap = gr.Dataframe(label="mask overlap (intersection over union)", elem_id="mk-overlap", scale=1)
+    button.click(
+        for_ui(demo.inspect_masks), [captions, image], [heatmap, overlap, per_caption, note], api_name="inspect_masks",
+        **RUN,
+    )
+
+
+def build_app(demo: SmartCLIPDemo) -> gr.Blocks:
+    """The three-tab Gradio app around `demo`; each tab's button is also an API endpoint (`gradio_client`)."""
+    config = demo.model.config
+    gallery = demo.gallery.summary() if demo.gallery else "none (start with --gallery FOLDER)"
+    with gr.Blocks(title="SmartCLIP demo", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
+        gr.Markdown(
+            f"# SmartCLIP\n**Model** `{demo.source}` · default scoring `{config.scoring}` · "
+            f"{config.projection_dim} embedding dimensions · {demo.max_tokens} text tokens  \n**Gallery** {gallery}",
+            elem_id="header",
+        )
+        with gr.Tab("Zero-shot", id="zero-shot"):
+            zero_shot_tab(demo)
+        with gr.Tab("Retrieval", id="retrieval"):
+            retrieval_tab(demo)
+        with gr.Tab("Mask inspection", id="masks"):
+            mask_tab(demo)
+    return app
+
+
+def serve(app: gr.Blocks, host: str, port: int | None, prevent_thread_lock: bool = False):
+    """Starts the server: no share link, no telemetry, uploads capped. Returns Gradio's `(app, local_url, share_url)`."""
+    return app.launch(
+        server_name=host, server_port=port, share=False, prevent_thread_lock=prevent_thread_lock,
+        max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Default(),
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="smartclip-demo",
+        description="Gradio demo of a SmartCLIP model: zero-shot classification, retrieval, and the caption masks.",
+    )
+    parser.add_argument(
+        "--model", metavar="PATH_OR_REPO_ID", default=None,
+        help=f"SmartCLIP folder or Hugging Face Hub id, loaded with trust_remote_code=True (default: ${MODEL_ENV_VAR}, "
+        f"else {DEFAULT_MODEL_DIR}, which `smartclip-compare` saves).",
+    )
+    parser.add_argument(
+        "--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1: this machine only).",
+    )
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+        help="port to serve on (default: $GRADIO_SERVER_PORT, else 7860).",
+    )
+    parser.add_argument(
+        "--gallery", metavar="DIR", default=None,
+        help=f"folder of images for retrieval; unreadable files are skipped and counted; an optional {CAPTIONS_FILE} "
+        "holds the captions an image searches (default: the built-in test scenes).",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script `smartclip-demo`: loads the model and the gallery, then serves until interrupted."""
+    args = parse_args(argv)
+    source = args.model or default_model_source()
+    if source == DEFAULT_MODEL_DIR and not Path(source).is_dir():
+        sys.exit(
+            f"smartclip-demo: no model at {DEFAULT_MODEL_DIR}. Make it with `smartclip-compare` (trains CLIP and "
+            "SmartCLIP on the built-in scenes and saves it there), or pass --model PATH_OR_REPO_ID."
+        )
+    try:
+        gallery = resolve_gallery(args.gallery)
+    except (OSError, ValueError) as error:
+        sys.exit(f"smartclip-demo: {error}")
+    try:
+        demo = SmartCLIPDemo.from_pretrained(source, gallery)
+    except (OSError, ValueError) as error:
+        sys.exit(f"smartclip-demo: could not load the model {source}: {error}")
+    print(f"smartclip-demo: model {source}; gallery: {gallery.summary() if gallery else 'none'}")
+    serve(build_app(demo), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""`smartclip-push`: a trained SmartCLIP folder (or a Trainer checkpoint) to a Hub repo, with its model card.
+
+The folder is never uploaded as is. The model and processor are loaded (safetensors only) and saved again into a
+staging folder, which therefore holds exactly the weights, `config.json` with `auto_map`, the model code, the
+processor and tokenizer files, the card as `README.md` and the plots, and nothing a checkpoint carries besides
+(optimizer and scheduler states, RNG states, the pickled `training_args.bin`, caches). The staging folder goes up in
+one commit, so a failed upload changes nothing on the Hub and a re-run completes it.
+
+    smartclip-push outputs/compare/smartclip me/smartclip-scenes \\
+        --results outputs/compare/results.json --plots outputs/compare/*.png
+"""
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.errors import HTTPError
+from huggingface_hub.utils import validate_repo_id
+
+from modeling_smartclip import SmartCLIPModel
+
+from .card import TEMPLATE_PATH, build_model_card, read_results, read_run_record
+from .loading import load_processor
+
+PROCESSOR_FILE = "processor_config.json"
+CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")  # the Trainer's; its run folder holds what was saved once per run
+
+
+class PushError(RuntimeError):
+    """An upload step failed (HTTP error or no connection); the message names the step and the server's answer."""
+
+
+def _run_folders(source: Path) -> list[Path]:
+    """`source`, then its run folder if it is a Trainer `checkpoint-N` (the processor may be saved only there)."""
+    return [source, source.parent] if CHECKPOINT_NAME.fullmatch(source.name) else [source]
+
+
+def _processor_folder(source: Path, processor: Path | None) -> Path:
+    """Where the processor files are: `processor` if given, else the first of `_run_folders(source)` holding them."""
+    candidates = [processor] if processor is not None else _run_folders(source)
+    for folder in candidates:
+        if (folder / PROCESSOR_FILE).is_file():
+            return folder
+    raise ValueError(
+        f"No {PROCESSOR_FILE} in {' or '.join(str(c) for c in candidates)}; pass the folder that holds the "
+        "processor with --processor."
+    )
+
+
+def list_files(folder: Path) -> list[str]:
+    """Every file under `folder`, as sorted POSIX paths relative to it."""
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+
+
+def stage_model(
+    source: str | Path,
+    staging_dir: str | Path,
+    repo_id: str,
+    processor: str | Path | None = None,
+    results: str | Path | None = None,
+    results_model: str | None = None,
+    plots: list[str | Path] = (),
+    base_model: str | None = None,
+    dataset: str | None = None,
+    eval_dataset: str | None = None,
+    license: str = "apache-2.0",
+    card_template: str | Path = TEMPLATE_PATH,
+) -> list[str]:
+    """Writes the exact folder `repo_id` gets: model, processor, `README.md` card and `plots/`; returns its files.
+
+    Args:
+        source: a folder saved by `SmartCLIPModel.save_pretrained`, or a Trainer `checkpoint-N` folder.
+        processor: the folder with the processor files, if neither `source` nor its parent has them.
+        results, results_model: the run's results JSON and, if it holds several models, the pushed one's key.
+        plots: image files shown on the card (copied to `plots/`).
+        base_model, dataset: override what the run's `training_args.json` says.
+    """
+    source, staging_dir = Path(source), Path(staging_dir)
+    if not (source / "config.json").is_file():
+        raise ValueError(f"{source} is not a saved model folder: it has no config.json.")
+    if not Path(card_template).is_file():
+        raise ValueError(f"Model card template {card_template} not found; pass the path of MODEL_CARD.md.")
+    plot_paths = [Path(plot) for plot in plots]
+    missing = [str(plot) for plot in plot_paths if not plot.is_file()]
+    if missing:
+        raise ValueError(f"Plot files not found: {missing}.")
+    names = [plot.name for plot in plot_paths]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Plot file names must be distinct, since they share plots/ in the repo; got {names}.")
+    measurements, model_key = read_results(results, results_model) if results is not None else (None, None)
+    processor_dir = _processor_folder(source, processor and Path(processor))
+
+    model = SmartCLIPModel.from_pretrained(source)  # safetensors; the code files and auto_map come with the save
+    model.save_pretrained(staging_dir)
+    load_processor(processor_dir).save_pretrained(staging_dir)
+    for plot in plot_paths:
+        (staging_dir / "plots").mkdir(exist_ok=True)
+        shutil.copyfile(plot, staging_dir / "plots" / plot.name)
+
+    run = read_run_record(_run_folders(source))
+    run.base_model = base_model or run.base_model
+    run.dataset = dataset or run.dataset
+    card = build_model_card(
+        repo_id, model.config, run, measurements, model_key, [f"plots/{name}" for name in names], eval_dataset,
+        license, card_template,
+    )
+    card.save(staging_dir / "README.md")
+    return list_files(staging_dir)
+
+
+def stage_space(staging_dir: str | Path, model_repo_id: str) -> list[str]:
+    """Writes the Space folder (a Gradio app serving `model_repo_id`) with the demo's own writer; returns its files."""
+    try:
+        from smartclip_demo.space import write_space_folder
+    except ImportError as error:
+        raise ValueError(f"--space needs the demo's Space writer (smartclip_demo.space): {error}") from error
+    write_space_folder(Path(staging_dir), model_repo_id)
+    return list_files(Path(staging_dir))
+
+
+def commit_folder(
+    api: HfApi,
+    folder: Path,
+    repo_id: str,
+    repo_type: str = "model",
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload SmartCLIP",
+) -> str:
+    """Creates the repo (and the branch `revision`) if needed and commits every file of `folder` at once.
+
+    Returns the commit URL. Raises `PushError` naming the step that failed; a failed commit changes nothing.
+    """
+    step = f"creating the {repo_type} repo {repo_id}"
+    try:
+        repo_url = api.create_repo(
+            repo_id, repo_type=repo_type, private=private, exist_ok=True,
+            space_sdk="gradio" if repo_type == "space" else None,
+        )
+        repo_id = repo_url.repo_id
+        if revision not in (None, "main"):
+            step = f"creating the branch {revision!r} of {repo_id}"
+            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        files = list_files(folder)
+        step = f"committing {len(files)} files to {repo_id}@{revision or 'main'}"
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
+        commit = api.create_commit(
+            repo_id, operations, commit_message=commit_message, repo_type=repo_type, revision=revision
+        )
+    except HTTPError as error:
+        raise PushError(f"{step} failed: {error}") from error
+    return commit.commit_url
+
+
+def _print_listing(title: str, folder: Path, files: list[str]) -> None:
+    print(f"{title} ({folder}):")
+    for name in files:
+        print(f"  {name}  {(folder / name).stat().st_size} bytes")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smartclip-push",
+        description=__doc__.split("\n\n")[0],
+        epilog="The token comes from `hf auth login` or HF_TOKEN; it is never printed or written.",
+    )
+    parser.add_argument("model_dir", type=Path, help="folder saved by save_pretrained, or a Trainer checkpoint-N")
+    parser.add_argument("repo_id", help="the model repo, e.g. me/smartclip-scenes")
+    parser.add_argument("--private", action="store_true", help="create the repo (and Space) private")
+    parser.add_argument("--revision", help="branch to commit to (created from main if missing); default main")
+    parser.add_argument("--commit_message", default="Upload SmartCLIP model", help="the commit's title")
+    parser.add_argument("--dry-run", dest="dry_run", action="store_true",
+                        help="write the exact folders that would be uploaded to --staging_dir and list them")
+    parser.add_argument("--staging_dir", type=Path, default=Path("smartclip-push-dry-run"),
+                        help="where --dry-run writes (must be empty or missing); default ./smartclip-push-dry-run")
+    parser.add_argument("--space", metavar="SPACE_REPO_ID", help="also push a Gradio Space demo of the model here")
+    parser.add_argument("--processor", type=Path, help="folder with the processor files, if not with the model")
+    parser.add_argument("--results", type=Path, help="the run's results JSON (e.g. outputs/compare/results.json)")
+    parser.add_argument("--results_model", help="the pushed model's key in a results file that holds several models")
+    parser.add_argument("--plots", type=Path, nargs="*", default=[], help="plot images to show on the card")
+    parser.add_argument("--base_model", help="base checkpoint, if the run's training_args.json does not name it")
+    parser.add_argument("--dataset", help="training data, if the run's training_args.json does not name it")
+    parser.add_argument("--eval_dataset", help="what the results were measured on (default: the training data)")
+    parser.add_argument("--license", default="apache-2.0", help="license id of the card; default apache-2.0")
+    parser.add_argument("--card_template", type=Path, default=TEMPLATE_PATH, help="model card template (MODEL_CARD.md)")
+    parser.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    stage_kwargs = dict(
+        processor=args.processor, results=args.results, results_model=args.results_model, plots=args.plots,
+        base_model=args.base_model, dataset=args.dataset, eval_dataset=args.eval_dataset, license=args.license,
+        card_template=args.card_template,
+    )
+    try:
+        for repo_id in filter(None, (args.repo_id, args.space)):
+            validate_repo_id(repo_id)  # a ValueError naming the bad id, before any work
+            if "/" not in repo_id:  # the card and the Space name the model by this id, so it must be complete
+                raise ValueError(f"Repo id {repo_id!r} has no namespace; expected namespace/name, e.g. me/smartclip.")
+        if args.dry_run:
+            if args.staging_dir.exists() and any(args.staging_dir.iterdir()):
+                raise ValueError(f"--staging_dir {args.staging_dir} is not empty; remove it or pass another folder.")
+            model_dir = args.staging_dir / "model"
+            _print_listing(f"Would upload to model repo {args.repo_id}", model_dir,
+                           stage_model(args.model_dir, model_dir, args.repo_id, **stage_kwargs))
+            if args.space:
+                space_dir = args.staging_dir / "space"
+                _print_listing(f"Would upload to Space {args.space}", space_dir, stage_space(space_dir, args.repo_id))
+            return 0
+
+        api = HfApi(endpoint=args.endpoint)  # token: HF_TOKEN or the saved login, resolved by huggingface_hub
+        with tempfile.TemporaryDirectory(prefix="smartclip-push-") as staging:
+            model_dir = Path(staging) / "model"
+            files = stage_model(args.model_dir, model_dir, args.repo_id, **stage_kwargs)
+            private = args.private or None  # None: the Hub's default visibility
+            url = commit_folder(api, model_dir, args.repo_id, "model", private, args.revision, args.commit_message)
+            print(f"Pushed {len(files)} files to {args.repo_id}: {url}")
+            if args.space:
+                space_dir = Path(staging) / "space"
+                files = stage_space(space_dir, args.repo_id)
+                url = commit_folder(api, space_dir, args.space, "space", private, None, args.commit_message)
+                print(f"Pushed {len(files)} files to Space {args.space}: {url}")
+    except PushError as error:
+        print(
+            f"smartclip-push: {error}\nThe failed step committed nothing and {args.model_dir} is unchanged; re-run "
+            "the same command to complete the push (files already on the Hub are skipped).",
+            file=sys.stderr,
+        )
+        return 1
+    except (ValueError, OSError) as error:
+        print(f"smartclip-push: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

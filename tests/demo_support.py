@@ -1,0 +1,96 @@
+"""Shared by the demo tests: a tiny SmartCLIP saved as a hub-ready folder, a gallery folder, the app on loopback,
+and a record of every connection the process opens to anything but this machine."""
+
+import contextlib
+import re
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from modeling_smartclip import SmartCLIPModel
+from smartclip_demo.app import SmartCLIPDemo, build_app, load_gallery_folder, serve
+from smartclip_train.scenes import COLOURS, SHAPES, make_scene
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost", "::ffff:127.0.0.1"}
+UNREADABLE = "broken.png"
+_connections: list | None = None
+_hook_installed = False
+
+
+def save_tiny_smartclip(clip_dir: Path, processor, path: Path) -> Path:
+    """A SmartCLIP converted from the tiny test CLIP (modular scoring), saved with its processor as the Hub has it."""
+    SmartCLIPModel.from_clip(clip_dir, scoring="modular").save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def write_gallery_folder(path: Path, size: int = 6) -> Path:
+    """`size` scene PNGs, a file that only pretends to be a PNG, and the scenes' short captions."""
+    rng = np.random.default_rng(0)
+    pairs = [(shape, colour) for shape in SHAPES for colour in COLOURS]
+    path.mkdir(parents=True)
+    captions = []
+    for i in range(size):
+        scene = make_scene(rng, pairs)
+        scene["image"].save(path / f"scene_{i}.png")
+        captions += scene["short_captions"]
+    (path / UNREADABLE).write_bytes(b"these bytes are not a PNG")
+    (path / "captions.txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_demo(model_dir: Path, gallery_dir: Path):
+    """Loads, builds and serves the demo on a free loopback port; yields `(url, demo, startup_seconds)`."""
+    start = time.perf_counter()
+    demo = SmartCLIPDemo.from_pretrained(str(model_dir), load_gallery_folder(gallery_dir))
+    app = build_app(demo)
+    _, url, _ = serve(app, "127.0.0.1", free_port(), prevent_thread_lock=True)
+    try:
+        yield url, demo, time.perf_counter() - start
+    finally:
+        app.close()
+
+
+def _caller() -> str:
+    """Where a connection came from, for the failure message: the innermost frames outside the socket layers."""
+    frames = [f for f in traceback.extract_stack()[:-3] if not re.search(r"socket|httpcore|httpx|anyio|asyncio", f.filename)]
+    return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-8:]))
+
+
+def _record_connection(event: str, args: tuple) -> None:
+    if _connections is None:
+        return
+    if event == "socket.connect" and isinstance(args[1], tuple) and args[1][0] not in LOOPBACK:
+        _connections.append(("connect", args[1], _caller()))
+    elif event == "socket.getaddrinfo":
+        host = args[0].decode() if isinstance(args[0], bytes) else args[0]
+        if host is not None and host not in LOOPBACK:
+            _connections.append(("resolve", host, _caller()))
+
+
+@contextlib.contextmanager
+def recording_outgoing_connections():
+    """Yields a list that fills with every non-loopback connect or name lookup made while the block runs.
+
+    Audit hooks cannot be removed, so one hook is installed for the session and only records inside this block.
+    """
+    global _connections, _hook_installed
+    if not _hook_installed:
+        sys.addaudithook(_record_connection)
+        _hook_installed = True
+    _connections = []
+    try:
+        yield _connections
+    finally:
+        _connections = None

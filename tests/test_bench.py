@@ -1,0 +1,165 @@
+"""The benchmarks: every script runs at a tiny size and writes valid results; the measuring helpers measure what they
+say; the proposed faster variants compute exactly what the package computes. Nothing here asserts a speed."""
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+BENCHMARKS = ("train_step", "loss", "inference", "text_length", "scaling", "accuracy", "retrieval")
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Imports a benchmark module the way the scripts import each other (from the bench folder)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module
+
+
+def fake_compare_results(path: Path) -> Path:
+    """A `smartclip-compare` results file with two runs' Trainer log histories."""
+    history = lambda losses: [{"step": 10 * (i + 1), "loss": loss, "epoch": i} for i, loss in enumerate(losses)]
+    results = {
+        "runs": {
+            "smartclip": {"log_history": history([3.0, 2.0, 1.5]) + [{"step": 30, "eval_loss": 1.7}]},
+            "clip": {"log_history": history([3.1, 2.6, 2.2])},
+        }
+    }
+    path.write_text(json.dumps(results))
+    return path
+
+
+def test_quick_run_writes_every_benchmark(tmp_path):
+    results_file = fake_compare_results(tmp_path / "compare.json")
+    out = tmp_path / "bench"
+    completed = subprocess.run(
+        [sys.executable, "bench/run_all.py", "--quick", "--out-dir", str(out), "--results", str(results_file)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["quick"] is True
+    sections = {section["name"]: section for section in results["benchmarks"]}
+    assert tuple(sections) == BENCHMARKS
+    for section in sections.values():
+        assert {"title", "machine", "settings", "labels", "rows", "notes"} <= set(section)
+        assert section["machine"]["torch_threads"] == 1
+    for name in ("train_step", "loss", "inference", "text_length", "scaling", "retrieval"):
+        rows = sections[name]["rows"]
+        assert rows, name
+        for row in rows:
+            for side in ("ours", "baseline"):
+                figure = row[side]
+                assert figure["min"] <= figure["median"] <= figure["max"], (name, row["name"])
+            assert math.isclose(row["ratio"], row["ours"]["median"] / row["baseline"]["median"])
+            if row["goal"] is not None:
+                assert row["status"].startswith("met" if row["met"] else "missed")
+
+    # the scaling run compares the same training with one and two processes: the losses agree
+    scaling = sections["scaling"]["rows"][0]
+    assert len(scaling["losses_1_process"]) == len(scaling["losses_2_processes"]) >= 2
+    assert scaling["max_loss_difference"] < 1e-4
+    # no (B, B, D) tensor: the largest allocation of the loss is far below the per-pair form's size
+    for row in sections["loss"]["rows"]:
+        if "largest_tensor_mib" in row:
+            assert row["largest_tensor_mib"] < row["naive_pairwise_mib"] / 4
+    # the accuracy plot reads both runs' log histories
+    plots = {row["name"]: row for row in sections["accuracy"]["rows"]}
+    assert set(plots) == {"loss vs training step", "eval_loss vs training step"}
+    assert plots["loss vs training step"]["final"] == {"runs/smartclip": [30, 1.5], "runs/clip": [30, 2.2]}
+    assert all(Path(row["plot"]).read_bytes()[:4] == b"\x89PNG" for row in plots.values())
+
+    markdown = (out / "results.md").read_text()
+    assert markdown.startswith("Machine: ")
+    assert markdown.count("| figure |") == 6
+
+
+def test_accuracy_skips_without_results(bench, tmp_path):
+    accuracy = bench("accuracy")
+    result = accuracy.run(accuracy.arguments().parse_args(["--results", str(tmp_path / "missing.json")]))
+    assert result["rows"] == []
+    assert result["notes"][0].startswith("skipped:")
+
+
+def test_peak_memory_sees_temporaries(bench):
+    common = bench("common")
+
+    def two_buffers_then_one():
+        first = torch.ones(1_000_000)  # 4 MB
+        second = first * 2  # 4 MB more while both live
+        del first
+        return second
+
+    memory = common.peak_memory(two_buffers_then_one, torch.device("cpu"))
+    assert 8_000_000 <= memory.peak_bytes < 8_100_000
+    assert memory.largest_allocation_bytes == 4_000_000
+
+
+def test_saved_tensor_bytes_counts_distinct_storages(bench):
+    common = bench("common")
+    x = torch.randn(100, 10, requires_grad=True)
+    output, saved = common.saved_tensor_bytes(lambda: (x * x).sum())  # x saved twice: one storage
+    assert output.shape == ()
+    assert saved == x.untyped_storage().nbytes() + output.untyped_storage().nbytes()
+
+
+def test_time_runs_interleaves_and_skips_warmup(bench):
+    common = bench("common")
+    calls = []
+    figures = common.time_runs({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=2)
+    assert calls == ["a", "b"] * 5
+    assert all(f.repeats == 3 and f.min <= f.median <= f.max for f in figures.values())
+    with pytest.raises(ValueError, match="repeats=0"):
+        common.time_runs({"a": lambda: None}, repeats=0)
+
+
+def test_goal_status(bench):
+    common = bench("common")
+    assert common.Goal(1.05).status(1.0).startswith("met")
+    assert common.Goal(1.05).status(1.1) == "missed by 0.05"
+    assert common.Goal(0.95, at_most=False).status(0.9) == "missed by 0.05"
+    assert str(common.Goal(0.95, at_most=False)) == ">= 0.95"
+
+
+def test_lean_modular_loss_equals_the_package(bench):
+    """The proposed memory-lean loss has the package's value and gradients, an all-zero mask row included."""
+    proposals = bench("proposals")
+    from modeling_smartclip.losses import modular_loss
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand(12, 8, generator=generator, dtype=torch.float64)
+    masks = (probs > 0.5).double()
+    masks[3] = 0  # a caption with an empty mask: the gradient is huge but must be the same
+    leaves = [
+        torch.randn(12, 8, generator=generator, dtype=torch.float64), torch.randn(12, 8, generator=generator, dtype=torch.float64),
+        masks, probs, torch.tensor(2.3, dtype=torch.float64),
+    ]
+    package = [t.clone().requires_grad_() for t in leaves]
+    proposed = [t.clone().requires_grad_() for t in leaves]
+    expected, actual = modular_loss(*package), proposals.lean_modular_loss(*proposed)
+    expected.backward()
+    actual.backward()
+    torch.testing.assert_close(actual, expected)
+    for a, b in zip(proposed, package):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-9 * b.grad.abs().max().item())
+
+
+def test_preallocated_similarity_equals_the_package(bench):
+    proposals = bench("proposals")
+    from modeling_smartclip.masking import masked_similarity
+
+    generator = torch.Generator().manual_seed(1)
+    text, image = torch.randn(10, 6, generator=generator), torch.randn(7, 6, generator=generator)
+    masks = (torch.rand(10, 6, generator=generator) > 0.5).float()
+    for chunk in (None, 3, 100):
+        torch.testing.assert_close(
+            proposals.preallocated_masked_similarity(text, image, masks, chunk), masked_similarity(text, image, masks, chunk)
+        )

@@ -1,0 +1,85 @@
+"""Two gloo processes, each with half the batch, train exactly like one process with the whole batch."""
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+from transformers import CLIPModel
+
+from modeling_smartclip import SmartCLIPModel
+from smartclip_train.losses import build_loss
+from smartclip_train.scratch import scratch_clip_config, scratch_processor
+
+WORLD_SIZE = 2
+PER_RANK = 3
+CAPTIONS = [
+    "a red circle.", "a large blue square at the top left.", "a green cross and a yellow triangle.",
+    "a small red square at the bottom right. a blue circle.", "a triangle.", "a yellow cross at the top right.",
+]
+
+
+def tiny_model_and_batch() -> tuple[SmartCLIPModel, dict]:
+    """The same model and batch in every process (seeded)."""
+    torch.manual_seed(0)
+    processor = scratch_processor()
+    config = scratch_clip_config(processor, hidden_size=32, num_layers=1, projection_dim=16)
+    model = SmartCLIPModel.from_clip(CLIPModel(config), mask_num_attention_heads=4)
+    batch = dict(processor.tokenizer(CAPTIONS, padding=True, return_tensors="pt"))
+    batch["pixel_values"] = torch.randn(len(CAPTIONS), 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return model, batch
+
+
+def loss_and_grads(model: SmartCLIPModel, loss_name: str, batch: dict) -> dict[str, torch.Tensor]:
+    """One forward and backward through the training-loss plug-in: `{"loss": ..., <param name>: grad, ...}`."""
+    model.zero_grad(set_to_none=True)
+    loss, _ = build_loss(loss_name)(model, model(**batch), batch)
+    loss.backward()
+    grads = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
+    return {"loss": loss.detach().reshape(1), **grads}
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        model, batch = tiny_model_and_batch()
+        local = {name: value[rank * PER_RANK : (rank + 1) * PER_RANK] for name, value in batch.items()}
+        for loss_name in ("smartclip", "clip"):
+            result = loss_and_grads(model, loss_name, local)
+            for name, grad in result.items():
+                if name != "loss":  # what DDP does: average the gradients over ranks
+                    dist.all_reduce(grad)
+                    grad /= WORLD_SIZE
+            path = f"{out_dir}/{loss_name}-{rank}.safetensors"
+            save_file({name: value.contiguous() for name, value in result.items()}, path)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("ranks")
+    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+    return out_dir
+
+
+@pytest.mark.parametrize("loss_name", ["smartclip", "clip"])
+def test_two_ranks_match_one_process_on_the_whole_batch(two_rank_results, loss_name):
+    model, batch = tiny_model_and_batch()
+    assert len(batch["input_ids"]) == WORLD_SIZE * PER_RANK
+    expected = loss_and_grads(model, loss_name, batch)
+    assert ("mask_head.to_logits.weight" in expected) == (loss_name == "smartclip")
+    for rank in range(WORLD_SIZE):
+        got = load_file(two_rank_results / f"{loss_name}-{rank}.safetensors")
+        assert got.keys() == expected.keys()
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value, rtol=0, atol=1e-5, msg=f"{loss_name}: {name} on rank {rank}")

@@ -1,0 +1,380 @@
+"""Evaluation sets in one shape each, whatever their source: Urban1k-style folders, COCO captions JSON, `datasets`
+splits, class-subfolder trees, and the built-in scenes.
+
+Images are kept as a sequence of PIL images or file paths (a `datasets` image `Column` works too) and are opened
+batch by batch when encoded, so a 5,000-image COCO set is never decoded all at once.
+"""
+
+import itertools
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
+from PIL import Image
+
+from .scenes import COLOURS, HELD_OUT_PAIRS, IMAGE_SIZE, SHAPES, SIZES, SLOTS, describe
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# A few of the ImageNet prompt templates of CLIP's prompt ensemble; a class embedding is their average.
+IMAGENET_TEMPLATES = (
+    "a photo of a {}.",
+    "a bad photo of a {}.",
+    "a photo of the large {}.",
+    "a photo of the small {}.",
+    "a cropped photo of the {}.",
+    "a close-up photo of a {}.",
+    "art of the {}.",
+)
+# The same idea in the built-in scenes' vocabulary (the scratch tokenizer knows only those words).
+SCENE_TEMPLATES = (
+    "a {}.",
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image with a {}.",
+    "there is a {} in the image.",
+)
+
+
+@dataclass
+class RetrievalSet:
+    """Images and captions; a caption is right for exactly one image, an image may have several captions.
+
+    images: `n_image` PIL images or image file paths.
+    texts: `n_text` captions.
+    text_to_image: `(n_text,)` long, the index of each caption's image; or `(n_text, n_image)` bool when a caption
+        describes several images (the built-in scenes, where the same sentence occurs in many scenes).
+    """
+
+    name: str
+    images: Sequence
+    texts: list[str]
+    text_to_image: torch.Tensor
+
+    def counts(self) -> dict[str, int]:
+        return {"images": len(self.images), "texts": len(self.texts)}
+
+
+@dataclass
+class ClassificationSet:
+    """Zero-shot classification: each image has one class; each class is scored through `templates`.
+
+    images: `n_image` PIL images or image file paths.
+    labels: `(n_image,)` long, each image's index into `class_names`.
+    templates: prompt templates with one `{}` for the class name.
+    """
+
+    name: str
+    images: Sequence
+    labels: torch.Tensor
+    class_names: list[str]
+    templates: tuple[str, ...] = IMAGENET_TEMPLATES
+
+    def counts(self) -> dict[str, int]:
+        return {"images": len(self.images), "classes": len(self.class_names), "templates": len(self.templates)}
+
+
+@dataclass
+class AtomicProbeSet:
+    """For each object in an image, the right one-object prompt among candidates that differ only in attributes.
+
+    images: `n_image` PIL images.
+    prompts: every candidate prompt, each encoded once.
+    object_image: `(n_object,)` long, the image each object is in.
+    candidates: `(n_object, n_candidate)` long, indices into `prompts` competing for the object.
+    target: `(n_object,)` long, the column of `candidates` holding the right prompt.
+    held_out: `(n_object,)` bool, True for objects whose (shape, colour) pair never occurs in training.
+    """
+
+    name: str
+    images: Sequence
+    prompts: list[str]
+    object_image: torch.Tensor
+    candidates: torch.Tensor
+    target: torch.Tensor
+    held_out: torch.Tensor
+
+    def counts(self) -> dict[str, int]:
+        return {"images": len(self.images), "objects": len(self.target), "held_out_objects": int(self.held_out.sum())}
+
+
+@dataclass
+class MaskStatsSet:
+    """Long captions and the single sentences they are made of, for the mask statistics.
+
+    sentence_to_long: `(n_sentence,)` long, the index of each sentence's long caption.
+    """
+
+    name: str
+    long_captions: list[str]
+    sentences: list[str]
+    sentence_to_long: torch.Tensor
+
+
+EvalSet = RetrievalSet | ClassificationSet | AtomicProbeSet | MaskStatsSet
+
+
+def load_image(image: "Image.Image | str | os.PathLike") -> Image.Image:
+    """An RGB PIL image from a PIL image or a file path."""
+    if not isinstance(image, Image.Image):
+        image = Image.open(image)
+    return image.convert("RGB")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+# ----- retrieval sets -------------------------------------------------------------------------------------------
+
+
+def _retrieval_set(name: str, images: Sequence, captions_per_image: list[list[str]]) -> RetrievalSet:
+    texts = [text for captions in captions_per_image for text in captions]
+    text_to_image = torch.tensor([i for i, captions in enumerate(captions_per_image) for _ in captions], dtype=torch.long)
+    return RetrievalSet(name, images, texts, text_to_image)
+
+
+def _merged_retrieval_set(name: str, images: Sequence, captions_per_image: list[list[str]]) -> RetrievalSet:
+    """Like `_retrieval_set`, but identical captions become one text that is right for every image it describes.
+
+    In the scenes one sentence ("a large red circle at the top left.") occurs in about one image in 130: counted
+    right only for its own image, a perfect model could not tell its copies apart and would score near zero.
+    """
+    texts = list(dict.fromkeys(text for captions in captions_per_image for text in captions))
+    index = {text: i for i, text in enumerate(texts)}
+    positives = torch.zeros(len(texts), len(captions_per_image), dtype=torch.bool)
+    for image, captions in enumerate(captions_per_image):
+        positives[[index[text] for text in captions], image] = True
+    return RetrievalSet(name, images, texts, positives)
+
+
+def load_urban1k(root: "str | os.PathLike", name: str = "urban1k") -> RetrievalSet:
+    """Urban1k layout: `root/image/<stem>.jpg` and `root/caption/<stem>.txt`; one caption per image.
+
+    Only the first line of each caption file is read, as Long-CLIP's `eval/retrieval/Urban1k.py` does.
+    """
+    root = Path(root)
+    image_dir, caption_dir = root / "image", root / "caption"
+    for folder in (image_dir, caption_dir):
+        if not folder.is_dir():
+            raise ValueError(f"Urban1k folder {root} has no '{folder.name}/' subfolder; expected image/ and caption/.")
+    images = _image_files(image_dir)
+    captions = {path.stem: path for path in caption_dir.glob("*.txt")}
+    missing = [path.name for path in images if path.stem not in captions]
+    if missing or not images:
+        raise ValueError(
+            f"Urban1k folder {root}: {len(images)} images; images without a caption file of the same name: {missing[:5]}."
+        )
+    first_lines = []
+    for path in images:
+        lines = captions[path.stem].read_text(encoding="utf-8").splitlines()
+        if not lines or not lines[0].strip():
+            raise ValueError(f"Urban1k caption file {captions[path.stem]} has an empty first line.")
+        first_lines.append([lines[0].strip()])
+    return _retrieval_set(name, images, first_lines)
+
+
+def load_coco_captions(
+    annotations_file: "str | os.PathLike", images_dir: "str | os.PathLike", captions_per_image: int = 5, name: str = "coco"
+) -> RetrievalSet:
+    """A COCO captions JSON (`annotations/captions_val2017.json`) and its image folder.
+
+    Images come in the file's `images` order; each keeps its first `captions_per_image` captions in the file's
+    `annotations` order (Long-CLIP's `coco.py` takes the first 5). Images with no caption are left out.
+    """
+    coco = json.loads(Path(annotations_file).read_text(encoding="utf-8"))
+    if "images" not in coco or "annotations" not in coco:
+        raise ValueError(f"{annotations_file} is not a COCO captions file: expected 'images' and 'annotations' keys.")
+    captions: dict[int, list[str]] = {}
+    for annotation in coco["annotations"]:
+        caption = annotation["caption"].strip()
+        if caption:
+            captions.setdefault(annotation["image_id"], []).append(caption)
+    kept = [image for image in coco["images"] if image["id"] in captions]
+    paths = [Path(images_dir) / image["file_name"] for image in kept]
+    absent = [str(path) for path in paths if not path.is_file()]
+    if absent:
+        raise ValueError(f"{len(absent)} images named in {annotations_file} are not in {images_dir}, e.g. {absent[:3]}.")
+    return _retrieval_set(name, paths, [captions[image["id"]][:captions_per_image] for image in kept])
+
+
+def retrieval_set_from_dataset(
+    dataset: Dataset,
+    image_column: str,
+    caption_columns: "str | Sequence[str]",
+    name: str,
+    captions_per_image: int | None = None,
+) -> RetrievalSet:
+    """A retrieval set from a `datasets` split: each row is an image with the captions of `caption_columns`.
+
+    A caption column holds a string or a list of strings. Empty captions are skipped, and a row left with none is
+    left out. `captions_per_image` keeps the first n of each row (all by default).
+    """
+    caption_columns = [caption_columns] if isinstance(caption_columns, str) else list(caption_columns)
+    for column in [image_column, *caption_columns]:
+        if column not in dataset.column_names:
+            raise ValueError(f"column {column!r} is not in the dataset; its columns are {dataset.column_names}.")
+    rows = zip(*(dataset[column] for column in caption_columns))
+    captions_per_row = []
+    for row in rows:
+        captions = [c for value in row for c in ([value] if isinstance(value, str) else value or []) if c and c.strip()]
+        captions_per_row.append(captions[:captions_per_image])
+    keep = [i for i, captions in enumerate(captions_per_row) if captions]
+    if len(keep) < len(dataset):
+        dataset = dataset.select(keep)
+    return _retrieval_set(name, dataset[image_column], [captions_per_row[i] for i in keep])
+
+
+# ----- zero-shot classification sets ------------------------------------------------------------------------------
+
+
+def classification_set_from_folder(
+    root: "str | os.PathLike", templates: tuple[str, ...] = IMAGENET_TEMPLATES, name: str | None = None
+) -> ClassificationSet:
+    """A zero-shot set from `root/<class name>/<image>`: class names are the subfolder names, '_' read as a space."""
+    root = Path(root)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    images, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = _image_files(class_dir)
+        images += files
+        labels += [label] * len(files)
+    if len(class_dirs) < 2 or not images:
+        raise ValueError(
+            f"zero-shot folder {root}: found {len(class_dirs)} class subfolders and {len(images)} images; expected "
+            "at least 2 subfolders holding images."
+        )
+    class_names = [d.name.replace("_", " ") for d in class_dirs]
+    return ClassificationSet(name or root.name, images, torch.tensor(labels), class_names, tuple(templates))
+
+
+def classification_set_from_dataset(
+    dataset: Dataset,
+    image_column: str,
+    label_column: str,
+    name: str,
+    templates: tuple[str, ...] = IMAGENET_TEMPLATES,
+    class_names: list[str] | None = None,
+) -> ClassificationSet:
+    """A zero-shot set from a `datasets` split with integer labels; class names come from the label column's
+    `ClassLabel` feature unless `class_names` is given."""
+    for column in (image_column, label_column):
+        if column not in dataset.column_names:
+            raise ValueError(f"column {column!r} is not in the dataset; its columns are {dataset.column_names}.")
+    if class_names is None:
+        feature = dataset.features[label_column]
+        if not isinstance(feature, ClassLabel):
+            raise ValueError(
+                f"label column {label_column!r} is {feature}, not a ClassLabel; pass class_names to name its classes."
+            )
+        class_names = list(feature.names)
+    labels = torch.tensor(list(dataset[label_column]), dtype=torch.long)
+    return ClassificationSet(name, dataset[image_column], labels, [c.replace("_", " ") for c in class_names], tuple(templates))
+
+
+def load_split(name_or_path: str, split: str) -> Dataset:
+    """One split of a Hub dataset, a local data folder (`load_dataset`) or a `save_to_disk` folder."""
+    path = Path(name_or_path)
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        loaded = load_from_disk(str(path))
+        if isinstance(loaded, DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"split {split!r} is not in {name_or_path}; its splits are {list(loaded)}.")
+            return loaded[split]
+        return loaded
+    return load_dataset(name_or_path, split=split)
+
+
+# ----- the built-in scenes ----------------------------------------------------------------------------------------
+
+# Every (size, colour, shape) combination, in the order the atomic probe lists its candidates at one slot.
+ATTRIBUTE_COMBINATIONS = list(itertools.product(SIZES, COLOURS, SHAPES))
+SCENE_CLASSES = [f"{colour} {shape}" for shape in SHAPES for colour in COLOURS]
+
+
+def _isolate(image: Image.Image, slot: str) -> Image.Image:
+    """`image` with every slot but `slot` painted in the background colour (the image's most common pixel).
+
+    Relies on the scenes' layout: slot i is the quadrant at row i // 2, column i % 2.
+    """
+    pixels = np.asarray(image.convert("RGB"))
+    colours, counts = np.unique(pixels.reshape(-1, 3), axis=0, return_counts=True)
+    isolated = np.empty_like(pixels)
+    isolated[:] = colours[counts.argmax()]
+    half = IMAGE_SIZE // 2
+    row, column = divmod(SLOTS.index(slot), 2)
+    rows, columns = slice(row * half, (row + 1) * half), slice(column * half, (column + 1) * half)
+    isolated[rows, columns] = pixels[rows, columns]
+    return Image.fromarray(isolated)
+
+
+def scene_zeroshot_set(test_split: Dataset, name: str = "scenes_zeroshot") -> ClassificationSet:
+    """Zero-shot on the scenes: every test object alone in its scene (the other slots painted over), classified
+    among the 16 two-word classes "{colour} {shape}" (held-out pairs included) through `SCENE_TEMPLATES`.
+
+    The prompts name neither size nor position, unlike any training caption, and every class name has two words,
+    so a class embedding must combine two concepts.
+    """
+    images, labels = [], []
+    for image, objects in zip(test_split["image"], test_split["objects"]):
+        for obj in objects:
+            images.append(_isolate(image, obj["slot"]))
+            labels.append(SCENE_CLASSES.index(f"{obj['colour']} {obj['shape']}"))
+    return ClassificationSet(name, images, torch.tensor(labels), SCENE_CLASSES, SCENE_TEMPLATES)
+
+
+def atomic_probe_set(test_split: Dataset, name: str = "scenes_atomic", images: Sequence | None = None) -> AtomicProbeSet:
+    """The atomic-concept probe: each test object against all 32 "a {size} {colour} {shape} at the {slot}." prompts
+    at its slot. `images` may pass the split's image column already in use, so it is encoded once."""
+    prompts = [describe(dict(size=s, colour=c, shape=h, slot=slot)) for slot in SLOTS for s, c, h in ATTRIBUTE_COMBINATIONS]
+    per_slot = len(ATTRIBUTE_COMBINATIONS)
+    object_image, slot_index, target, held_out = [], [], [], []
+    for i, objects in enumerate(test_split["objects"]):
+        for obj in objects:
+            object_image.append(i)
+            slot_index.append(SLOTS.index(obj["slot"]))
+            target.append(ATTRIBUTE_COMBINATIONS.index((obj["size"], obj["colour"], obj["shape"])))
+            held_out.append((obj["shape"], obj["colour"]) in HELD_OUT_PAIRS)
+    candidates = torch.tensor(slot_index)[:, None] * per_slot + torch.arange(per_slot)  # (n_object, 32)
+    return AtomicProbeSet(
+        name, test_split["image"] if images is None else images, prompts, torch.tensor(object_image), candidates,
+        torch.tensor(target), torch.tensor(held_out),
+    )
+
+
+def scene_eval_sets(test_split: Dataset, prefix: str = "scenes") -> list[EvalSet]:
+    """Every built-in evaluation on a scenes split (from `make_scenes`):
+
+    - `{prefix}_long`: long-caption retrieval, one long caption per image;
+    - `{prefix}_multi`: multi-caption retrieval with the one-object sentences (2-4 per image);
+    - `{prefix}_zeroshot`: `scene_zeroshot_set`;
+    - `{prefix}_atomic`: `atomic_probe_set`;
+    - `{prefix}`: mask statistics of the long captions and their sentences.
+
+    In both retrieval sets identical captions are merged, each right for every image it describes (see
+    `_merged_retrieval_set`): sentences repeat across scenes, and so, rarely, do long captions.
+    """
+    images = test_split["image"]  # one object for all sets, so the images are encoded once
+    long_captions = list(test_split["long_caption"])
+    sentences = [list(captions) for captions in test_split["short_captions"]]
+    sentence_to_long = torch.tensor([i for i, captions in enumerate(sentences) for _ in captions])
+    return [
+        _merged_retrieval_set(f"{prefix}_long", images, [[caption] for caption in long_captions]),
+        _merged_retrieval_set(f"{prefix}_multi", images, sentences),
+        scene_zeroshot_set(test_split, f"{prefix}_zeroshot"),
+        atomic_probe_set(test_split, f"{prefix}_atomic", images),
+        MaskStatsSet(prefix, long_captions, [s for captions in sentences for s in captions], sentence_to_long),
+    ]
+
+
+__all__ = [
+    "AtomicProbeSet", "ClassificationSet", "EvalSet", "IMAGENET_TEMPLATES", "MaskStatsSet", "RetrievalSet",
+    "SCENE_CLASSES", "SCENE_TEMPLATES", "atomic_probe_set", "classification_set_from_dataset",
+    "classification_set_from_folder", "load_coco_captions", "load_image", "load_split", "load_urban1k",
+    "retrieval_set_from_dataset", "scene_eval_sets", "scene_zeroshot_set",
+]
