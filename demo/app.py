@@ -383,8 +383,15 @@ MASK_EXAMPLE = (
 RUN = dict(concurrency_id="model", concurrency_limit=1, preprocess=False)
 
 
+# Small uploads (the 32x32 scenes) are shown filling their box, with visible pixels rather than a blur.
+CSS = ".image-input img { object-fit: contain !important; image-rendering: pixelated; }"
+
+
 def image_input(label: str, elem_id: str, height: int) -> gr.Image:
-    return gr.Image(type="filepath", sources=["upload", "clipboard"], label=label, elem_id=elem_id, height=height)
+    return gr.Image(
+        type="filepath", sources=["upload", "clipboard"], label=label, elem_id=elem_id, height=height,
+        elem_classes=["image-input"],
+    )
 
 
 def example_images(demo: SmartCLIPDemo, inputs: gr.Image) -> None:
@@ -437,9 +444,8 @@ def mask_tab(demo: SmartCLIPDemo) -> None:
             image = image_input("image (optional): plain vs masked score", "mk-image", 180)
     heatmap = gr.Image(format="png", interactive=False, show_label=False, buttons=["download"], elem_id="mk-heatmap")
     note = gr.Markdown(elem_id="mk-note")
-    with gr.Row():
-        per_caption = gr.Dataframe(label="per caption", wrap=True, elem_id="mk-scores", scale=3)
-        overlap = gr.Dataframe(label="mask overlap (intersection over union)", elem_id="mk-overlap", scale=1)
+    per_caption = gr.Dataframe(label="per caption", wrap=True, elem_id="mk-scores")
+    overlap = gr.Dataframe(label="mask overlap (intersection over union)", elem_id="mk-overlap")
     button.click(
         for_ui(demo.inspect_masks), [captions, image], [heatmap, overlap, per_caption, note], api_name="inspect_masks",
         **RUN,
@@ -469,7 +475,7 @@ def serve(app: gr.Blocks, host: str, port: int | None, prevent_thread_lock: bool
     """Starts the server: no share link, no telemetry, uploads capped. Returns Gradio's `(app, local_url, share_url)`."""
     return app.launch(
         server_name=host, server_port=port, share=False, prevent_thread_lock=prevent_thread_lock,
-        max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Default(),
+        max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Default(), css=CSS,
     )
 
 

@@ -48,6 +48,14 @@ class SmartCLIPProcessor(ProcessorMixin):
             text = captions
         return super().__call__(images=images, text=text, **kwargs)
 
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        # transformers also writes our `auto_map` into the image processor's section; loading that standard CLIP
+        # image processor would then ask for `trust_remote_code`, so keep the remote-code pointer at the top only.
+        if isinstance(output.get("image_processor"), dict):
+            output["image_processor"].pop("auto_map", None)
+        return output
+
 
 SmartCLIPProcessor.register_for_auto_class()
 

@@ -8,7 +8,7 @@ from transformers import CLIPModel
 
 from smartclip_train.scratch import scratch_clip_config, scratch_processor
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # 2 cores run pytest and the spawned processes of some tests
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ Manager never runs and nothing is downloaded). Each tab is saved as a PNG screen
 `SMARTCLIP_SAVE_SCREENSHOTS=1` the mask tab is also copied to `docs/mask_tab.png` for the README.
 """
 
+import base64
 import json
 import os
 import shutil
@@ -92,10 +93,11 @@ def upload(page, component, path):
 
 
 def screenshot(page, path: Path) -> Path:
-    """The whole page (the window is grown to its height) as a PNG."""
-    height = page.driver.execute_script("return document.documentElement.scrollHeight")
-    page.driver.set_window_size(1280, max(1000, height))
-    page.driver.save_screenshot(str(path))
+    """The whole page, below the window's edge too, as a PNG (through the DevTools protocol)."""
+    size = page.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    shot = page.driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
+    path.write_bytes(base64.b64decode(shot["data"]))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return path
 

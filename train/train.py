@@ -28,10 +28,14 @@ from modeling_smartclip import SmartCLIPConfig, SmartCLIPModel, SmartCLIPProcess
 from .collator import CaptionCollator, CaptionEpochCallback
 from .data import DataArguments, DropCounter, load_split
 from .losses import LOSSES, TrainingLoss, build_loss
+from .pairing import PairedUnpairedDataset, SetCLIPCollator
 from .scratch import scratch_clip_config, scratch_processor
+from .setclip import SetCLIPArguments, SetCLIPLoss
 
 logger = logging.getLogger(__name__)
+LOSSES["setclip"] = SetCLIPLoss  # built by build_training_loss from SetCLIPArguments
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")  # the rest of a batch is for the loss plug-in
 POSITION_EMBEDDING = "text_model.embeddings.position_embedding.weight"
 # Config fields that change the mask head's weights: a trained SmartCLIP cannot be loaded with other values.
 HEAD_ARCHITECTURE = ("mask_pooling", "mask_hidden_size", "mask_num_attention_heads", "mask_intermediate_size")
@@ -140,12 +144,16 @@ def freeze_position_rows(model: SmartCLIPModel, rows: int) -> None:
 # ----- loss -------------------------------------------------------------------------------------------------------
 
 
-def build_training_loss(args: ModelArguments, config: SmartCLIPConfig) -> TrainingLoss:
+def build_training_loss(
+    args: ModelArguments, config: SmartCLIPConfig, setclip_args: SetCLIPArguments | None = None
+) -> TrainingLoss:
     """The `--loss_type` plug-in, weighted by the (possibly overridden) model config."""
     if args.random_mask_density is not None and args.loss_type != "random_mask":
         raise ValueError(f"--random_mask_density applies to --loss_type random_mask, not {args.loss_type!r}.")
     if args.loss_type == "clip":
         return build_loss("clip")
+    if args.loss_type == "setclip":
+        return SetCLIPLoss.from_arguments(setclip_args or SetCLIPArguments(), lambda_sparsity=config.lambda_sparsity)
     kwargs = {"lambda_align": config.lambda_align, "lambda_sparsity": config.lambda_sparsity}
     if args.loss_type == "random_mask":
         kwargs["density"] = args.random_mask_density
@@ -185,7 +193,7 @@ class SmartCLIPTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The model runs without `return_loss`: the plug-in computes the loss once the features of all ranks are in.
-        outputs = model(**{name: value for name, value in inputs.items() if name != "return_loss"})
+        outputs = model(**{name: value for name, value in inputs.items() if name in MODEL_INPUTS})
         loss, logs = self.training_loss(model, outputs, inputs)
         if model.training:
             for name, value in logs.items():
@@ -250,6 +258,7 @@ def run_training(
     training_args: TrainingArguments,
     eval_fn: Callable[[SmartCLIPModel, SmartCLIPProcessor], dict] | None = None,
     callbacks: list | None = None,
+    setclip_args: SetCLIPArguments | None = None,
 ) -> dict:
     """Trains, saves model and processor (safetensors) to `training_args.output_dir`, and reports.
 
@@ -275,7 +284,7 @@ def run_training(
 
     # Phase 2: model, processor and loss.
     model, processor = load_model_and_processor(model_args)
-    loss = build_training_loss(model_args, model.config)
+    loss = build_training_loss(model_args, model.config, setclip_args)
     prepare_model_for_loss(model, loss)
     freeze_position_rows(model, model_args.freeze_first_positions)
 
@@ -288,6 +297,14 @@ def run_training(
             eval_dataset = load_split(data_args, data_args.eval_split, drops["eval"], data_args.max_eval_samples)
     seed = training_args.seed if data_args.caption_seed is None else data_args.caption_seed
     collator = CaptionCollator(processor, data_args.p_long, data_args.p_sentence, data_args.p_short, seed=seed)
+    data_collator = collator
+    if model_args.loss_type == "setclip":  # batches with a share of known pairs, the rest unpaired
+        setclip_args = setclip_args or SetCLIPArguments()
+        train_dataset = PairedUnpairedDataset(
+            train_dataset, training_args.per_device_train_batch_size, setclip_args.paired_fraction,
+            setclip_args.pair_share, setclip_args.augment(), setclip_args.setclip_unpaired, seed=training_args.seed,
+        )
+        data_collator = SetCLIPCollator(collator)
 
     # Phase 4: train.
     trainer = SmartCLIPTrainer(
@@ -295,7 +312,7 @@ def run_training(
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=collator,
+        data_collator=data_collator,
         processing_class=processor,
         callbacks=[CaptionEpochCallback(collator), *(callbacks or [])],
         training_loss=loss,
@@ -334,9 +351,11 @@ def run_training(
     }
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, TrainingArguments, SetCLIPArguments]:
     """Command-line flags, or a single `.json` / `.yaml` file holding them."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, SetCLIPArguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(argv[0])
@@ -347,11 +366,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 
 def main(argv: list[str] | None = None) -> None:
     """Console script `smartclip-train`."""
-    model_args, data_args, training_args = parse_args(argv)
+    model_args, data_args, training_args, setclip_args = parse_args(argv)
     level = training_args.get_process_log_level()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
     transformers.utils.logging.set_verbosity(level)
-    run_training(model_args, data_args, training_args)
+    run_training(model_args, data_args, training_args, setclip_args=setclip_args)
 
 
 if __name__ == "__main__":
