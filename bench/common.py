@@ -122,7 +122,8 @@ def synchronize(device: torch.device) -> None:
 def time_runs(
     runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, device: torch.device | None = None
 ) -> dict[str, Figure]:
-    """Seconds per call of each function, its calls interleaved: `warmup` untimed rounds, then `repeats` timed ones.
+    """Seconds per call of each function, their calls interleaved (the order reversed every other round): `warmup`
+    untimed rounds, then `repeats` timed ones.
 
     Wall-clock time is the figure; the process's CPU time is kept beside it (`cpu_median`).
     """
@@ -132,7 +133,8 @@ def time_runs(
     wall = {name: [] for name in runs}
     cpu = {name: [] for name in runs}
     for round_index in range(warmup + repeats):
-        for name, fn in runs.items():
+        order = list(runs.items()) if round_index % 2 == 0 else list(runs.items())[::-1]  # neither always goes first
+        for name, fn in order:
             synchronize(device)
             start, cpu_start = time.perf_counter(), time.process_time()
             fn()
@@ -222,7 +224,11 @@ def profile_difference(runs: dict[str, Callable[[], object]], calls: int = 2, to
 
 def count_flops(fn: Callable[[], object]) -> int:
     """Floating-point operations of the matrix products, convolutions and attention that `fn` runs (forward and
-    backward), by `torch.utils.flop_counter`: exact, so it tells inherent extra work from noise and overhead."""
+    backward), by `torch.utils.flop_counter`: exact, so it tells inherent extra work from noise and overhead.
+
+    Call it with autograd enabled: under `no_grad` the counter's module tracking fails on SmartCLIP's attention
+    pooling (torch 2.13).
+    """
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
@@ -382,6 +388,7 @@ def main_for(name: str, run: Callable[[argparse.Namespace], dict], arguments: ar
 
 
 __all__ = [
-    "Figure", "Goal", "Memory", "count_flops", "fix_threads", "machine", "machine_line", "main_for", "memory_figure", "parser", "peak_memory", "profile_difference",
-    "markdown", "resolve_device", "row", "saved_tensor_bytes", "section", "synchronize", "time_runs", "write_json",
+    "BENCH_DIR", "OUT_DIR", "Figure", "Goal", "Memory", "count_flops", "fix_threads", "machine", "machine_line",
+    "main_for", "markdown", "memory_figure", "parser", "peak_memory", "profile_difference", "resolve_device", "row",
+    "saved_tensor_bytes", "section", "synchronize", "time_runs", "write_json",
 ]

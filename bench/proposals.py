@@ -10,10 +10,13 @@ figure. Same mathematics as `masked_similarity`: `S[a, b] = <T_a * M_a, I_b> / (
    gradient needs no `(n_text, n_image)` tensor (as `clip_loss` already does by operator precedence).
 3. `preallocated_masked_similarity` (no gradient, retrieval): blocks are written into one preallocated output with
    in-place operations, instead of kept in a list and concatenated (which holds the result twice).
+4. `forward_skipping_mask_head`: `SmartCLIPModel.forward` under plain scoring and without a loss does not need the
+   masks, so it skips the mask head (the zero-shot pipeline calls `forward` once per image with every label).
 """
 
 import torch
 
+from modeling_smartclip import SmartCLIPModel, SmartCLIPOutput
 from modeling_smartclip.losses import contrastive_loss
 
 
@@ -81,4 +84,29 @@ def preallocated_masked_similarity(
     return output
 
 
-__all__ = ["LeanMaskedCosine", "lean_modular_loss", "preallocated_masked_similarity"]
+def forward_skipping_mask_head(
+    self: SmartCLIPModel,
+    input_ids: torch.Tensor | None = None,
+    pixel_values: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    return_loss: bool | None = None,
+    **kwargs,
+) -> SmartCLIPOutput:
+    """`SmartCLIPModel.forward` with proposal 4; bind it to a model with `types.MethodType` to measure it.
+
+    Same logits; `text_masks` and `text_mask_probs` are `None` when the head is skipped.
+    """
+    if return_loss or self.config.scoring != "plain" or input_ids is None or pixel_values is None or kwargs:
+        return SmartCLIPModel.forward(self, input_ids, pixel_values, attention_mask, return_loss, **kwargs)
+    image_features = self.get_image_features(pixel_values)
+    text_features = self.get_text_features(input_ids, attention_mask)
+    image_embeds = image_features / image_features.norm(dim=-1, keepdim=True)  # (n_image, D)
+    text_embeds = text_features / text_features.norm(dim=-1, keepdim=True)  # (n_text, D)
+    logits_per_text = self.score(text_embeds, image_embeds, None, "plain")
+    return SmartCLIPOutput(
+        logits_per_image=logits_per_text.T, logits_per_text=logits_per_text, text_embeds=text_embeds,
+        image_embeds=image_embeds,
+    )
+
+
+__all__ = ["LeanMaskedCosine", "forward_skipping_mask_head", "lean_modular_loss", "preallocated_masked_similarity"]

@@ -35,7 +35,7 @@ def run(args) -> dict:
     models = {"smartclip": smartclip, "clip": clip}
 
     print(f"[train_step] size {size_name}, text length {text_len}, batches {batches}, {repeats} repeats")
-    rows = []
+    rows, profiled = [], False
     for batch_size in batches:
         batch = {k: v.to(device) for k, v in random_batch(size, processor, batch_size, text_len).items()}
         steps = {name: (lambda name=name: training_step(models[name], optimizers[name], batch)) for name in models}
@@ -45,8 +45,9 @@ def run(args) -> dict:
             f"training step, batch {batch_size}", seconds["smartclip"], seconds["clip"], GOAL, batch=batch_size,
             flop_ratio=flops["smartclip"] / flops["clip"],
         )
-        if result["met"] is False and not args.quick and device.type == "cpu":
-            result["profile"] = profile_difference(steps)
+        if result["met"] is False and not args.quick and device.type == "cpu" and not profiled:
+            result["profile"] = profile_difference(steps)  # once, at the smallest batch that misses
+            profiled = True
         rows.append(result)
 
     notes = [

@@ -11,6 +11,7 @@ Gradio's analytics and version check are off (the environment variable must be s
 import os
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # read once, when huggingface_hub is first imported
 
 import argparse
 import functools
@@ -37,10 +38,11 @@ SPACE_CONFIG_FILE = "space_config.json"
 CAPTIONS_FILE = "captions.txt"
 BUILTIN_GALLERY_SIZE = 64
 SCORINGS = ("plain", "modular")
-# A caption this long is a paste accident, not a description: 248 tokens are roughly 1,500 characters.
+# A caption this long is a paste accident, not a description: 248 tokens are roughly 1,000-1,500 characters.
 MAX_CAPTION_CHARS = 5000
 MAX_CAPTIONS = 16
 MAX_LABELS = 50
+MAX_TOP_K = 16
 MAX_UPLOAD = "10mb"
 # 32x32 scenes are unreadable at gallery size; upscale small images with nearest-neighbour for display only.
 DISPLAY_MIN_SIZE = 128
@@ -162,6 +164,14 @@ def mask_figure(masks: np.ndarray, overlap: np.ndarray) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
+def ranking_table(name: str, items: list[str], scores: dict[str, torch.Tensor]) -> dict:
+    """A Gradio table of ranked `items`, best first, with one column of cosines per scoring."""
+    rows = [
+        [rank + 1, item, *(round(float(scores[s][rank]), 4) for s in SCORINGS)] for rank, item in enumerate(items)
+    ]
+    return {"headers": ["rank", name, *(f"{s} cos" for s in SCORINGS)], "data": rows}
+
+
 def mask_overlap(masks: torch.Tensor) -> torch.Tensor:
     """Intersection over union of binary masks `(n, D)` -> `(n, n)`; two empty masks overlap fully."""
     intersection = masks @ masks.T  # (n, n)
@@ -211,8 +221,8 @@ class SmartCLIPDemo:
         """Unit-norm image embeddings `(n_image, D)`."""
         embeds = []
         for start in range(0, len(images), ENCODE_BATCH):
-            pixel_values = self.processor.image_processor(images=images[start : start + ENCODE_BATCH], return_tensors="pt")["pixel_values"]
-            features = self.model.get_image_features(pixel_values.to(self.model.device, self.model.dtype))
+            batch = self.processor.image_processor(images=images[start : start + ENCODE_BATCH], return_tensors="pt")
+            features = self.model.get_image_features(batch["pixel_values"].to(self.model.device, self.model.dtype))
             embeds.append(features / features.norm(dim=-1, keepdim=True))
         return torch.cat(embeds)
 
@@ -231,7 +241,9 @@ class SmartCLIPDemo:
         return torch.cat(embeds), torch.cat(masks)
 
     @torch.no_grad()
-    def cosines(self, text_embeds, image_embeds, text_masks) -> dict[str, torch.Tensor]:
+    def cosines(
+        self, text_embeds: torch.Tensor, image_embeds: torch.Tensor, text_masks: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """`(n_text, n_image)` similarities under both scorings, via the model's own `score` (unscaled to cosines)."""
         scale = self.model.logit_scale.exp()
         return {s: (self.model.score(text_embeds, image_embeds, text_masks, s) / scale).cpu() for s in SCORINGS}
@@ -263,6 +275,15 @@ class SmartCLIPDemo:
             raise ValueError(f"Upload {what} first.")
         return image.convert("RGB")
 
+    @staticmethod
+    def check_ranking(scoring: str, k: int | float) -> int:
+        """Validates the ranking choices (an API caller is not held to the radio buttons and the slider)."""
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring={scoring!r}; expected one of {SCORINGS}.")
+        if not 1 <= int(k) <= MAX_TOP_K:
+            raise ValueError(f"top k={k}; expected a number from 1 to {MAX_TOP_K}.")
+        return int(k)
+
     def check_gallery(self) -> Gallery:
         if self.gallery is None or not self.gallery.images:
             raise ValueError("No gallery images to search: start the demo with --gallery FOLDER_OF_IMAGES.")
@@ -289,30 +310,27 @@ class SmartCLIPDemo:
     def search_images(self, caption: str, scoring: str, k: int) -> tuple[list, dict, str]:
         """The `k` gallery images best matching `caption` under `scoring`: gallery items, a table and a note."""
         gallery = self.check_gallery()
+        k = self.check_ranking(scoring, k)
         caption = (caption or "").strip()
         note = self.truncation_note(self.count_tokens([caption] if caption else []))
         text_embeds, text_masks = self.encode_captions([caption])
         scores = {s: values[0] for s, values in self.cosines(text_embeds, self.gallery_embeds, text_masks).items()}
-        top = scores[scoring].topk(min(int(k), len(gallery.images))).indices.tolist()
-        items = [
-            (to_display(gallery.images[i]), f"#{rank + 1}  {scores[scoring][i]:.3f}")
-            for rank, i in enumerate(top)
-        ]
-        rows = [[rank + 1, gallery.names[i], *(round(float(scores[s][i]), 4) for s in SCORINGS)] for rank, i in enumerate(top)]
-        table = {"headers": ["rank", "image", *(f"{s} cos" for s in SCORINGS)], "data": rows}
+        top = scores[scoring].topk(min(k, len(gallery.images))).indices.tolist()
+        items = [(to_display(gallery.images[i]), f"#{n + 1}  {scores[scoring][i]:.3f}") for n, i in enumerate(top)]
+        table = ranking_table("image", [gallery.names[i] for i in top], {s: scores[s][top] for s in SCORINGS})
         summary = f"Ranked by **{scoring}** scoring. Gallery: {gallery.summary()}."
         return items, table, " ".join(filter(None, [summary, note]))
 
     def search_captions(self, image: Image.Image | None, scoring: str, k: int) -> tuple[dict, str]:
         """The `k` gallery captions best matching `image` under `scoring`: a table and a note."""
         image = self.check_image(image, "an image to search the captions with")
+        k = self.check_ranking(scoring, k)
         if self.caption_embeds is None:
-            raise ValueError(f"No captions to search: put a {CAPTIONS_FILE} (one caption per line) in the gallery folder.")
+            raise ValueError(f"No captions to search: put a {CAPTIONS_FILE} (one caption per line) in the gallery.")
         scores = self.cosines(self.caption_embeds, self.encode_images([image]), self.caption_masks)
         scores = {s: values[:, 0] for s, values in scores.items()}
-        top = scores[scoring].topk(min(int(k), len(self.gallery.captions))).indices.tolist()
-        rows = [[rank + 1, self.gallery.captions[i], *(round(float(scores[s][i]), 4) for s in SCORINGS)] for rank, i in enumerate(top)]
-        table = {"headers": ["rank", "caption", *(f"{s} cos" for s in SCORINGS)], "data": rows}
+        top = scores[scoring].topk(min(k, len(self.gallery.captions))).indices.tolist()
+        table = ranking_table("caption", [self.gallery.captions[i] for i in top], {s: scores[s][top] for s in SCORINGS})
         return table, f"Ranked by **{scoring}** scoring among {len(self.gallery.captions)} captions."
 
     def inspect_masks(self, text: str, image: Image.Image | None) -> tuple[Image.Image, dict, dict, str]:
@@ -326,16 +344,19 @@ class SmartCLIPDemo:
         overlap = mask_overlap(masks)
         heatmap = mask_figure(masks.numpy(), overlap.numpy())
         names = [str(i + 1) for i in range(len(captions))]
-        overlap_rows = [[name, *(round(float(value), 3) for value in row)] for name, row in zip(names, overlap)]
+        overlap_rows = [
+            [name, *(round(float(value), 3) for value in row)] for name, row in zip(names, overlap, strict=True)
+        ]
         headers = ["#", "caption", "tokens", "dims kept"]
+        shown_lengths = [f"{n} (cut to {self.max_tokens})" if n > self.max_tokens else str(n) for n in lengths]
         rows = [
-            [i + 1, caption, f"{length} (cut to {self.max_tokens})" if length > self.max_tokens else str(length), int(mask.sum())]
-            for i, (caption, length, mask) in enumerate(zip(captions, lengths, masks))
+            [i + 1, caption, length, int(mask.sum())]
+            for i, (caption, length, mask) in enumerate(zip(captions, shown_lengths, masks, strict=True))
         ]
         if image is not None:
             scores = self.cosines(text_embeds, self.encode_images([self.check_image(image)]), text_masks)
             headers += [f"{s} cos" for s in SCORINGS]
-            for row, *values in zip(rows, *(scores[s][:, 0] for s in SCORINGS)):
+            for row, *values in zip(rows, *(scores[s][:, 0] for s in SCORINGS), strict=True):
                 row += [round(float(v), 4) for v in values]
         summary = f"{len(captions)} caption(s), {masks.shape[1]} embedding dimensions."
         if image is None:
@@ -374,6 +395,9 @@ def for_ui(method):
     return handler
 
 
+ZERO_SHOT_LABELS = "red circle, blue square, green triangle"
+TEMPLATE = "a photo of a {}."
+RETRIEVAL_CAPTION = "a large red circle at the top left."
 MASK_EXAMPLE = (
     "a large red circle at the top left.\n"
     "a small blue square at the bottom right.\n"
@@ -405,8 +429,8 @@ def zero_shot_tab(demo: SmartCLIPDemo) -> None:
         with gr.Column():
             image = image_input("image", "zs-image", 260)
             example_images(demo, image)
-            labels = gr.Textbox(label="labels (comma-separated)", value="red circle, blue square, green triangle", elem_id="zs-labels")
-            template = gr.Textbox(label="prompt template ({} is the label)", value="a photo of a {}.", elem_id="zs-template")
+            labels = gr.Textbox(label="labels (comma-separated)", value=ZERO_SHOT_LABELS, elem_id="zs-labels")
+            template = gr.Textbox(label="prompt template ({} is the label)", value=TEMPLATE, elem_id="zs-template")
             button = gr.Button("Classify", variant="primary", elem_id="zs-run")
         with gr.Column():
             scores = gr.Label(label="scores", elem_id="zs-result")
@@ -417,9 +441,9 @@ def zero_shot_tab(demo: SmartCLIPDemo) -> None:
 def retrieval_tab(demo: SmartCLIPDemo) -> None:
     with gr.Row():
         with gr.Column():
-            caption = gr.Textbox(label="caption", lines=2, value="a large red circle at the top left.", elem_id="rt-caption")
+            caption = gr.Textbox(label="caption", lines=2, value=RETRIEVAL_CAPTION, elem_id="rt-caption")
             scoring = gr.Radio(list(SCORINGS), value=demo.model.config.scoring, label="rank by", elem_id="rt-scoring")
-            k = gr.Slider(1, 16, value=6, step=1, label="top k", elem_id="rt-k")
+            k = gr.Slider(1, MAX_TOP_K, value=6, step=1, label="top k", elem_id="rt-k")
             search_images = gr.Button("Search images", variant="primary", elem_id="rt-run")
             image = image_input("or an image, to search the captions", "rt-image", 200)
             search_captions = gr.Button("Search captions", elem_id="rt-run-image")
@@ -441,7 +465,7 @@ def mask_tab(demo: SmartCLIPDemo) -> None:
             captions = gr.Textbox(label="captions, one per line", lines=4, value=MASK_EXAMPLE, elem_id="mk-captions")
             button = gr.Button("Show masks", variant="primary", elem_id="mk-run")
         with gr.Column(scale=1):
-            image = image_input("image (optional): plain vs masked score", "mk-image", 180)
+            image = image_input("image (optional)", "mk-image", 240)
     heatmap = gr.Image(format="png", interactive=False, show_label=False, buttons=["download"], elem_id="mk-heatmap")
     note = gr.Markdown(elem_id="mk-note")
     per_caption = gr.Dataframe(label="per caption", wrap=True, elem_id="mk-scores")
@@ -472,7 +496,7 @@ def build_app(demo: SmartCLIPDemo) -> gr.Blocks:
 
 
 def serve(app: gr.Blocks, host: str, port: int | None, prevent_thread_lock: bool = False):
-    """Starts the server: no share link, no telemetry, uploads capped. Returns Gradio's `(app, local_url, share_url)`."""
+    """Starts the server: no share link, no telemetry, uploads capped. Returns `(app, local_url, share_url)`."""
     return app.launch(
         server_name=host, server_port=port, share=False, prevent_thread_lock=prevent_thread_lock,
         max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Default(), css=CSS,

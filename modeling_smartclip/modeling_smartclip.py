@@ -159,6 +159,15 @@ class SmartCLIPModel(SmartCLIPPreTrainedModel):
             raise ValueError(f"CLIP weights do not fit SmartCLIP: missing {not_head}, unexpected {unexpected}.")
         return model
 
+    def to_clip(self) -> CLIPModel:
+        """The towers as a transformers `CLIPModel` (248 positions, no mask head): the inverse of `from_clip`."""
+        skip = ("mask_", "scoring", "loss_type", "lambda_", "auto_map", "architectures", "model_type")
+        config = {k: v for k, v in self.config.to_dict().items() if not k.startswith(skip)}
+        clip = CLIPModel(CLIPModel.config_class(**config)).to(self.dtype)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("mask_head.")}
+        clip.load_state_dict(state)
+        return clip
+
     # ----- encoders -----------------------------------------------------------------------------------------------
 
     def _fit_to_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):

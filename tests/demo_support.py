@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from modeling_smartclip import SmartCLIPModel
 from smartclip_demo.app import SmartCLIPDemo, build_app, load_gallery_folder, serve
@@ -23,6 +24,7 @@ _hook_installed = False
 
 def save_tiny_smartclip(clip_dir: Path, processor, path: Path) -> Path:
     """A SmartCLIP converted from the tiny test CLIP (modular scoring), saved with its processor as the Hub has it."""
+    torch.manual_seed(0)  # the mask head is freshly initialised: the same masks on every run
     SmartCLIPModel.from_clip(clip_dir, scoring="modular").save_pretrained(path)
     processor.save_pretrained(path)
     return path
@@ -64,7 +66,9 @@ def running_demo(model_dir: Path, gallery_dir: Path):
 
 def _caller() -> str:
     """Where a connection came from, for the failure message: the innermost frames outside the socket layers."""
-    frames = [f for f in traceback.extract_stack()[:-3] if not re.search(r"socket|httpcore|httpx|anyio|asyncio", f.filename)]
+    frames = [
+        f for f in traceback.extract_stack()[:-3] if not re.search(r"socket|httpcore|httpx|anyio|asyncio", f.filename)
+    ]
     return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-8:]))
 
 

@@ -17,6 +17,13 @@ from types import SimpleNamespace
 import gradio
 import pytest
 import torch
+from gradio_client import Client, handle_file
+from huggingface_hub.utils import build_hf_headers
+from PIL import Image
+
+from modeling_smartclip import SmartCLIPModel, encode_gallery, encode_texts, search_images
+from smartclip_demo import app as demo_app
+from smartclip_demo.space import write_space_folder
 from tests.demo_support import (
     UNREADABLE,
     recording_outgoing_connections,
@@ -24,13 +31,6 @@ from tests.demo_support import (
     save_tiny_smartclip,
     write_gallery_folder,
 )
-from gradio_client import Client, handle_file
-from huggingface_hub.utils import build_hf_headers
-from PIL import Image
-
-from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor, encode_gallery, encode_texts, search_images
-from smartclip_demo import app as demo_app
-from smartclip_demo.space import write_space_folder
 
 LABELS = "red circle, blue square, green triangle"
 TEMPLATE = "a photo of a {}."
@@ -78,7 +78,8 @@ def test_zero_shot_goes_through_the_pipeline(served):
     assert_zero_shot_answer(result)
 
     image = Image.open(served.image_path)
-    expected = served.demo.classifier(image, candidate_labels=[s.strip() for s in LABELS.split(",")], hypothesis_template=TEMPLATE)
+    labels = [label.strip() for label in LABELS.split(",")]
+    expected = served.demo.classifier(image, candidate_labels=labels, hypothesis_template=TEMPLATE)
     assert {e["label"]: e["confidence"] for e in result[0]["confidences"]} == pytest.approx(
         {e["label"]: e["score"] for e in expected}, abs=1e-5
     )
@@ -118,11 +119,14 @@ def test_image_searches_the_gallery_captions(served):
 
 def test_mask_inspection_heatmap_overlap_and_scores(served, processor):
     captions = ["a large red circle at the top left.", "a small blue square at the bottom right.", "red " * 300]
-    heatmap, overlap, per_caption, note = served.client.predict("\n".join(captions), served.image, api_name="/inspect_masks")
+    heatmap, overlap, per_caption, note = served.client.predict(
+        "\n".join(captions), served.image, api_name="/inspect_masks"
+    )
     with Image.open(heatmap) as image:
         assert image.format == "PNG" and image.width > 400
     matrix = [row[1:] for row in overlap["data"]]
-    assert len(matrix) == 3 and all(matrix[i][i] == 1.0 and matrix[i][j] == matrix[j][i] for i in range(3) for j in range(3))
+    assert len(matrix) == 3
+    assert all(matrix[i][i] == 1.0 and matrix[i][j] == matrix[j][i] for i in range(3) for j in range(3))
     assert per_caption["headers"] == ["#", "caption", "tokens", "dims kept", "plain cos", "modular cos"]
     assert "Truncated" in note and "caption 3 (302 tokens)" in note
     lengths = [str(len(ids)) for ids in processor.tokenizer(captions[:2])["input_ids"]]
@@ -145,13 +149,17 @@ BAD_INPUTS = [
     ("/zero_shot", lambda s: (None, LABELS, TEMPLATE), "Upload an image"),
     ("/search_images", lambda s: ("   ", "modular", 3), "Enter a caption"),
     ("/search_images", lambda s: ("a" * 7000, "modular", 3), "7,000 characters long; the limit is 5,000"),
+    ("/search_images", lambda s: ("a red circle", "fancy", 3), "scoring='fancy'; expected one of ('plain', 'modular')"),
     ("/search_captions", lambda s: (s.not_an_image, "plain", 3), "notes.txt is not an image"),
+    ("/search_captions", lambda s: (s.image, "plain", 0), "top k=0; expected a number from 1 to 16"),
     ("/inspect_masks", lambda s: ("\n \n", None), "Enter a caption"),
     ("/inspect_masks", lambda s: ("red\n" * 17, None), "17 captions given; the limit is 16"),
 ]
 
 
-@pytest.mark.parametrize(("endpoint", "arguments", "message"), BAD_INPUTS, ids=[f"{e}:{m[:18]}" for e, _, m in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("endpoint", "arguments", "message"), BAD_INPUTS, ids=[f"{e}:{m[:18]}" for e, _, m in BAD_INPUTS]
+)
 def test_bad_input_gets_a_message_and_the_app_keeps_serving(served, endpoint, arguments, message):
     with pytest.raises(Exception, match=re.escape(message)):
         served.client.predict(*arguments(served), api_name=endpoint)

@@ -40,24 +40,27 @@ def page(tmp_path_factory, clip_dir, processor):
     from selenium.webdriver.support.ui import WebDriverWait
 
     root = tmp_path_factory.mktemp("demo_browser")
-    model_dir = save_tiny_smartclip(clip_dir, processor, root / "model")
-    gallery_dir = write_gallery_folder(root / "gallery")
+    save_tiny_smartclip(clip_dir, processor, root / "smartclip-tiny")
+    write_gallery_folder(root / "gallery")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={root / 'profile'}", "--window-size=1280,1000"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
-    with running_demo(model_dir, gallery_dir) as (url, _, startup):
-        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-        try:
-            opened = time.perf_counter()
-            driver.get(url)
-            yield SimpleNamespace(
-                driver=driver, wait=WebDriverWait(driver, 60), image=str(gallery_dir / "scene_0.png"),
-                opened=opened, startup=startup,
-            )
-        finally:
-            driver.quit()
+    # Relative paths, so that the page header (and the README screenshot) names the model, not a temporary folder.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        with running_demo(Path("smartclip-tiny"), Path("gallery")) as (url, _, startup):
+            driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+            try:
+                opened = time.perf_counter()
+                driver.get(url)
+                yield SimpleNamespace(
+                    driver=driver, wait=WebDriverWait(driver, 60), image=str(root / "gallery" / "scene_0.png"),
+                    opened=opened, startup=startup,
+                )
+            finally:
+                driver.quit()
 
 
 def find(page, selector):
@@ -92,11 +95,18 @@ def upload(page, component, path):
     wait_for(page, f"#{component} img")
 
 
+def natural_width(page, image) -> int:
+    """0 until the browser has loaded and decoded the image."""
+    return page.driver.execute_script("return arguments[0].naturalWidth", image)
+
+
 def screenshot(page, path: Path) -> Path:
     """The whole page, below the window's edge too, as a PNG (through the DevTools protocol)."""
     size = page.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
     clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
-    shot = page.driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
+    shot = page.driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
     path.write_bytes(base64.b64decode(shot["data"]))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return path
@@ -127,7 +137,7 @@ def test_caption_retrieval_in_the_page(page, tmp_path):
     find(page, "#rt-run")[0].click()
     page.wait.until(lambda _: "Ranked by" in find(page, "#rt-note")[0].text)
     images = wait_for(page, "#rt-gallery img", count=6)
-    page.wait.until(lambda _: all(page.driver.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images))
+    page.wait.until(lambda _: all(natural_width(page, image) > 0 for image in images))
     table = find(page, "#rt-table")[0].text
     assert "modular cos" in table and "plain cos" in table and "scene_" in table
     assert "1 unreadable file(s) skipped: broken.png" in find(page, "#rt-note")[0].text
@@ -139,7 +149,7 @@ def test_mask_heatmap_in_the_page(page, tmp_path):
     upload(page, "mk-image", page.image)
     find(page, "#mk-run")[0].click()
     heatmap = wait_for(page, "#mk-heatmap img")[0]
-    page.wait.until(lambda _: page.driver.execute_script("return arguments[0].naturalWidth", heatmap) > 400)
+    page.wait.until(lambda _: natural_width(page, heatmap) > 400)
     page.wait.until(lambda _: "modular cos" in find(page, "#mk-scores")[0].text)
     assert "plain cos" in find(page, "#mk-scores")[0].text
     assert "3 caption(s)" in find(page, "#mk-note")[0].text

@@ -290,3 +290,12 @@ def test_scoring_can_be_overridden_at_load_time(tmp_path, clip):
     assert SmartCLIPModel.from_pretrained(tmp_path, scoring="plain").config.scoring == "plain"
     with pytest.raises(ValueError, match="scoring='cosine'"):
         SmartCLIPModel.from_pretrained(tmp_path, scoring="cosine")
+
+
+def test_to_clip_is_the_inverse_of_from_clip(clip):
+    back = SmartCLIPModel.from_clip(clip, mask_pooling="union").to_clip()
+    assert back.config.model_type == "clip" and back.config.text_config.max_position_embeddings == 248
+    original = clip.state_dict()
+    for name, tensor in back.state_dict().items():
+        if name != "text_model.embeddings.position_embedding.weight":  # stretched from 77 to 248
+            assert torch.equal(tensor, original[name]), name

@@ -93,13 +93,13 @@ def make_scenes(num_train: int = 20000, num_test: int = 1000, seed: int = 0) -> 
     """The built-in `DatasetDict` with `train` and `test` splits (columns: see `FEATURES`)."""
     all_pairs = list(itertools.product(SHAPES, COLOURS))
     train_pairs = [pair for pair in all_pairs if pair not in HELD_OUT_PAIRS]
-    rng = np.random.default_rng(seed)
+    # One random stream per split, so the test split does not depend on how many training scenes were drawn.
     splits = {
-        "train": [make_scene(rng, train_pairs) for _ in range(num_train)],
-        "test": [make_scene(rng, all_pairs) for _ in range(num_test)],
+        "train": [make_scene(np.random.default_rng([seed, 0, i]), train_pairs) for i in range(num_train)],
+        "test": [make_scene(np.random.default_rng([seed, 1, i]), all_pairs) for i in range(num_test)],
     }
     return DatasetDict(
-        {name: Dataset.from_list(rows, features=FEATURES) for name, rows in splits.items()}
+        {name: Dataset.from_dict({k: [row[k] for row in rows] for k in FEATURES}, features=FEATURES) for name, rows in splits.items()}
     )
 
 
