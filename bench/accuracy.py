@@ -1,9 +1,14 @@
 """Question 6: accuracy per unit of compute. The one-command demo's SmartCLIP and CLIP runs, metric vs training step.
 
-Reads `outputs/compare/results.json` (written by `smartclip-compare`), finds every run's Trainer `log_history`, and
-plots each logged metric against the training step, one line per run, one PNG per metric (`smartclip_train.plots`).
-Both runs use the same towers and batch, so a step is the same compute up to the training-step ratio of question 1.
-Without the results file the benchmark says so and skips.
+Reads `outputs/compare/results.json` (written by `smartclip-compare`: one entry per arm, e.g. `scratch/clip`, with the
+Trainer's `log_history` and the final evaluation under each scoring, `plain` and `modular`) and writes PNGs:
+
+- `accuracy_<key>.png`: each metric the Trainer logged (loss, mask density, any `eval_*`) against the training step,
+  one line per arm (`smartclip_train.plots.plot_training_curves`);
+- `accuracy_final.png`: the headline test metrics of each arm at its last step, per scoring.
+
+Every arm of a stage trains the same towers on the same batches for the same steps, so a step is the same compute up to
+the training-step ratio of question 1 (`train_step.py`). Without the results file the benchmark says so and skips.
 
     python bench/accuracy.py [--results outputs/compare/results.json] [--plots bench/out]
 """
@@ -11,6 +16,10 @@ Without the results file the benchmark says so and skips.
 import json
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only
+import matplotlib.pyplot as plt
 import torch
 
 from common import OUT_DIR, main_for, parser, section
@@ -18,22 +27,25 @@ from smartclip_train.plots import plot_training_curves
 
 TITLE = "Accuracy per unit of compute: metric vs training step"
 DEFAULT_RESULTS = Path("outputs/compare/results.json")
-BOOKKEEPING = {"step", "epoch", "learning_rate", "grad_norm", "total_flos", "train_runtime", "train_samples_per_second",
-               "train_steps_per_second", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
+BOOKKEEPING = {
+    "step", "epoch", "learning_rate", "grad_norm", "total_flos", "train_runtime", "train_samples_per_second",
+    "train_steps_per_second", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
+}
+HEADLINE = ("scenes_long/t2i_R@1", "scenes_zeroshot/acc1", "scenes_atomic/acc")
+SCORINGS = ("plain", "modular")
 
 
-def find_log_histories(results, name: str = "") -> dict[str, list[dict]]:
-    """Every `log_history` list in a nested JSON object, keyed by the path of keys that leads to it ("runs/clip")."""
+def find_runs(results, name: str = "") -> dict[str, dict]:
+    """Every object holding a `log_history` list in a nested JSON object, keyed by the path of keys to it."""
     found = {}
     if isinstance(results, dict):
+        if isinstance(results.get("log_history"), list):
+            return {name or "run": results}
         for key, value in results.items():
-            if key == "log_history" and isinstance(value, list):
-                found[name or "run"] = value
-            else:
-                found.update(find_log_histories(value, f"{name}/{key}" if name else str(key)))
+            found.update(find_runs(value, f"{name}/{key}" if name else str(key)))
     elif isinstance(results, list):
         for index, value in enumerate(results):
-            found.update(find_log_histories(value, f"{name}/{index}" if name else str(index)))
+            found.update(find_runs(value, f"{name}/{index}" if name else str(index)))
     return found
 
 
@@ -51,25 +63,64 @@ def last_value(history: list[dict], key: str) -> tuple[int, float] | None:
     return points[-1] if points else None
 
 
+def final_evaluation(runs: dict[str, dict]) -> dict[str, dict]:
+    """`{run: {"steps": n, "plain/<metric>": value, "modular/<metric>": value, ...}}` for the headline metrics."""
+    table = {}
+    for name, run in runs.items():
+        steps = max((entry["step"] for entry in run["log_history"] if "step" in entry), default=0)
+        values = {
+            f"{scoring}/{metric}": run[scoring][metric]
+            for scoring in SCORINGS if isinstance(run.get(scoring), dict)
+            for metric in HEADLINE if metric in run[scoring]
+        }
+        if values:
+            table[name] = {"steps": steps, **values}
+    return table
+
+
+def plot_final(table: dict[str, dict], path: Path) -> None:
+    """One panel per headline metric: each run's value at its last step, one bar per scoring."""
+    figure, axes = plt.subplots(1, len(HEADLINE), figsize=(4 * len(HEADLINE), 4), squeeze=False)
+    names = list(table)
+    for axis, metric in zip(axes[0], HEADLINE):
+        for offset, scoring in enumerate(SCORINGS):
+            values = [table[name].get(f"{scoring}/{metric}", 0.0) for name in names]
+            axis.bar([i + 0.4 * offset for i in range(len(names))], values, width=0.4, label=scoring)
+        axis.set_xticks([i + 0.2 for i in range(len(names))], [f"{n}\n({table[n]['steps']} steps)" for n in names],
+                        rotation=60, fontsize=6)
+        axis.set_title(metric, fontsize=9)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def run(args) -> dict:
     results_path = args.results
     settings = {"results": str(results_path)}
-    histories = find_log_histories(json.loads(results_path.read_text())) if results_path.exists() else {}
-    if not histories:
+    runs = find_runs(json.loads(results_path.read_text())) if results_path.exists() else {}
+    if not runs:
         reason = "not found; run `smartclip-compare` first" if not results_path.exists() else "holds no log_history"
         message = f"skipped: {results_path} {reason}."
         print(f"[accuracy] {message}")
         return section("accuracy", TITLE, torch.device("cpu"), settings, [], [message])
 
     args.plots.mkdir(parents=True, exist_ok=True)
+    histories = {name: run["log_history"] for name, run in runs.items()}
     rows = []
     for key in logged_metrics(histories):
         plot_path = args.plots / f"accuracy_{key}.png"
         plot_training_curves(histories, str(plot_path), key=key)
         finals = {name: last_value(history, key) for name, history in histories.items()}
         rows.append({"name": f"{key} vs training step", "plot": str(plot_path), "final": finals})
-        print(f"  {key}: final (step, value) per run {finals}; plot {plot_path}")
-    notes = [f"runs found in {results_path}: {sorted(histories)}; one PNG per logged metric."]
+        print(f"  {key}: last (step, value) per run {finals}")
+    table = final_evaluation(runs)
+    if table:
+        plot_path = args.plots / "accuracy_final.png"
+        plot_final(table, plot_path)
+        rows.append({"name": "test metrics at the last step", "plot": str(plot_path), "table": table})
+        print(f"  test metrics at the last step: {table}")
+    notes = [f"runs found in {results_path}: {sorted(runs)}; one PNG per logged metric, plus the final test metrics."]
     return section("accuracy", TITLE, torch.device("cpu"), settings, rows, notes)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
@@ -180,9 +180,8 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> Memory:
         trace_path = Path(folder) / "trace.json"
         profiler.export_chrome_trace(str(trace_path))
         events = json.loads(trace_path.read_text())["traceEvents"]
-    allocations = sorted(
-        (e["ts"], e["args"]["Bytes"]) for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0
-    )
+    is_cpu_allocation = lambda e: e.get("name") == "[memory]" and e["args"].get("Device Type") == 0
+    allocations = sorted((e["ts"], e["args"]["Bytes"]) for e in events if is_cpu_allocation(e))
     current = peak = largest = 0
     for _, size in allocations:
         current += size
@@ -218,8 +217,24 @@ def profile_difference(runs: dict[str, Callable[[], object]], calls: int = 2, to
     names = list(runs)
     print(f"  profile, self CPU ms per call, {names[0]} vs {names[1]} (largest increases):")
     for r in rows[:top]:
-        print(f"    {r['op']}: {r['ms_ours']} vs {r['ms_baseline']} ms ({r['calls_ours']} vs {r['calls_baseline']} calls)")
+        calls = f"{r['calls_ours']} vs {r['calls_baseline']} calls"
+        print(f"    {r['op']}: {r['ms_ours']} vs {r['ms_baseline']} ms ({calls})")
     return rows[:top]
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flops(grad_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_shape, query_shape, key_shape, value_shape)
+
+
+# torch's counter knows the CUDA attention kernels only; the CPU flash kernel takes the same (B, H, T, d) shapes.
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -229,7 +244,7 @@ def count_flops(fn: Callable[[], object]) -> int:
     Call it with autograd enabled: under `no_grad` the counter's module tracking fails on SmartCLIP's attention
     pooling (torch 2.13).
     """
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         fn()
     return counter.get_total_flops()
 
@@ -341,6 +356,16 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def _table(table: dict[str, dict]) -> list[str]:
+    """A `{row: {column: value}}` mapping as markdown table lines."""
+    columns = list(dict.fromkeys(column for values in table.values() for column in values))
+    lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, values in table.items():
+        cells = [f"{values[c]:.3g}" if isinstance(values.get(c), float) else str(values.get(c, "")) for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(sections: list[dict]) -> str:
     """The results as markdown: the machine line, then per benchmark a table (median [min, max]) and its notes."""
     lines = []
@@ -364,8 +389,10 @@ def markdown(sections: list[dict]) -> str:
                 )
             lines.append("")
         for r in result["rows"]:
-            if "plot" in r:
+            if "final" in r:
                 lines.append(f"- {r['name']}: `{r['plot']}`; last (step, value) per run: {r['final']}")
+            if "table" in r:
+                lines += [f"- {r['name']}: `{r['plot']}`", "", *_table(r["table"]), ""]
         lines += [f"- {note}" for note in result["notes"]]
         lines.append("")
     return "\n".join(lines)
@@ -378,7 +405,9 @@ def write_json(path: Path, data: dict) -> Path:
     return path
 
 
-def main_for(name: str, run: Callable[[argparse.Namespace], dict], arguments: argparse.ArgumentParser, argv=None) -> dict:
+def main_for(
+    name: str, run: Callable[[argparse.Namespace], dict], arguments: argparse.ArgumentParser, argv=None
+) -> dict:
     """A benchmark script's `main`: parse, fix threads, run, write `--out` (default `bench/out/<name>.json`)."""
     args = arguments.parse_args(argv)
     fix_threads(args.threads)

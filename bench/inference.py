@@ -16,9 +16,10 @@ from transformers import pipeline
 from common import Goal, count_flops, main_for, parser, profile_difference, resolve_device, row, section, time_runs
 from proposals import forward_skipping_mask_head
 from smartclip_train.scenes import COLOURS, SHAPES, SIZES
-from towers import build_models, build_processor, random_batch, tower_size
+from towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
 
 GOAL = Goal(0.95, at_most=False)
+REPEATS = 9
 LABELS = [f"{size} {colour} {shape}" for size in SIZES for colour in COLOURS for shape in SHAPES][:10]
 TEMPLATE = "a photo of a {}."
 
@@ -47,10 +48,10 @@ def run(args) -> dict:
     batch_size = 4 if args.quick else args.batch
     text_len = 16 if args.quick else args.text_len
     n_images = 2 if args.quick else args.pipeline_images
-    repeats = args.repeats or (1 if args.quick else 5)
+    repeats = args.repeats or (1 if args.quick else REPEATS)
     size = tower_size(size_name)
     processor = build_processor(size)
-    clip, smartclip = build_models(size, processor)
+    clip, smartclip = build_models(size, processor, mask_heads=args.mask_heads, mask_width=args.mask_width)
     clip.to(device).eval()
     smartclip.to(device).eval()
     batch = {k: v.to(device) for k, v in random_batch(size, processor, batch_size, text_len).items()}
@@ -110,13 +111,16 @@ def run(args) -> dict:
         "ratio = SmartCLIP throughput / CLIP throughput (medians); flop_ratio = CLIP FLOPs / SmartCLIP FLOPs "
         "(torch.utils.flop_counter), the ratio that SmartCLIP's extra work alone would give.",
     ]
-    settings = {"size": size_name, "batch": batch_size, "text_len": text_len, "pipeline_images": n_images, "repeats": repeats}
+    settings = {
+        "size": size_name, "mask_heads": smartclip.config.mask_num_attention_heads,
+        "mask_width": smartclip.config.mask_hidden_size, "batch": batch_size,
+        "text_len": text_len, "pipeline_images": n_images, "repeats": repeats,
+    }
     return section("inference", "Inference throughput", device, settings, rows, notes)
 
 
 def arguments():
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--size", default="mid", help="tower size: tiny, small, mid (CPU default) or b32")
+    p = add_tower_arguments(parser(__doc__.splitlines()[0]))
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--text-len", type=int, default=77)
     p.add_argument("--pipeline-images", type=int, default=16)

@@ -9,25 +9,27 @@ position (no padding). No goal: the ratio is what a caption of 248 tokens costs 
 import torch
 
 from common import count_flops, main_for, parser, resolve_device, row, section, time_runs
-from towers import CLIP_TEXT_POSITIONS, build_models, build_processor, random_batch, tower_size
+from towers import add_tower_arguments, CLIP_TEXT_POSITIONS, build_models, build_processor, random_batch, tower_size
 
 LONG = 248
+REPEATS = 7
 
 
 def run(args) -> dict:
     device = resolve_device(args.device)
     size_name = "tiny" if args.quick else args.size
     batch_size = 4 if args.quick else args.batch
-    repeats = args.repeats or (1 if args.quick else 5)
+    repeats = args.repeats or (1 if args.quick else REPEATS)
     size = tower_size(size_name)
     processor = build_processor(size)
-    _, smartclip = build_models(size, processor)
+    _, smartclip = build_models(size, processor, mask_heads=args.mask_heads, mask_width=args.mask_width)
     smartclip.to(device).eval()
     batches = {
         length: {k: v.to(device) for k, v in random_batch(size, processor, batch_size, length).items()}
         for length in (LONG, CLIP_TEXT_POSITIONS)
     }
-    print(f"[text_length] size {size_name}, batch {batch_size}, {LONG} vs {CLIP_TEXT_POSITIONS} tokens, {repeats} repeats")
+    lengths = f"{LONG} vs {CLIP_TEXT_POSITIONS} tokens"
+    print(f"[text_length] size {size_name}, batch {batch_size}, {lengths}, {repeats} repeats")
 
     rows = []
     for method in ("get_text_features", "encode_text"):
@@ -50,14 +52,17 @@ def run(args) -> dict:
         "same ratio from FLOPs alone (torch.utils.flop_counter). Attention grows with the square of the length, "
         "the rest linearly, so the ratio is a little under 77/248 = 0.31.",
     ]
-    settings = {"size": size_name, "batch": batch_size, "lengths": [LONG, CLIP_TEXT_POSITIONS], "repeats": repeats}
+    settings = {
+        "size": size_name, "mask_heads": smartclip.config.mask_num_attention_heads,
+        "mask_width": smartclip.config.mask_hidden_size, "batch": batch_size,
+        "lengths": [LONG, CLIP_TEXT_POSITIONS], "repeats": repeats,
+    }
     labels = (f"{LONG} tokens", f"{CLIP_TEXT_POSITIONS} tokens")
     return section("text_length", "Text length: 248 vs 77 tokens", device, settings, rows, notes, labels)
 
 
 def arguments():
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--size", default="mid", help="tower size: tiny, small, mid (CPU default) or b32")
+    p = add_tower_arguments(parser(__doc__.splitlines()[0]))
     p.add_argument("--batch", type=int, default=64)
     return p
 

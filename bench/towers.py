@@ -9,10 +9,13 @@ Sizes (text width x layers, vision width x layers, image / patch, projection):
   share of the work as at ViT-B/32.
 - `b32`:   512 x 12, 768 x 12, 224 / 32, 512  -- ViT-B/32 itself; for a GPU.
 
-SmartCLIP is `SmartCLIPModel.from_clip(clip)`: every tower weight copied, a fresh mask head with the package's
-default settings, 248 text positions instead of CLIP's 77.
+SmartCLIP is `SmartCLIPModel.from_clip(clip)`: every tower weight copied, a fresh mask head, 248 text positions
+instead of CLIP's 77. The mask head has as many attention heads as the text tower (8 at ViT-B/32, the package
+default), so its heads are as wide as the tower's: with the default 8 heads, the 64-wide `mid` head would run 8-wide
+heads, which cost this CPU about 1.7x the time of 32-wide ones for the same FLOPs.
 """
 
+import argparse
 from dataclasses import dataclass
 
 import torch
@@ -57,13 +60,30 @@ def tower_size(name: str) -> TowerSize:
     return TOWER_SIZES[name]
 
 
+def add_tower_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--size` and `--mask-heads`, for the benchmarks that build towers."""
+    parser.add_argument("--size", default="mid", choices=sorted(TOWER_SIZES), help="tower size (CPU default: mid)")
+    parser.add_argument("--mask-heads", type=int, help="mask head attention heads (default: the text tower's)")
+    parser.add_argument("--mask-width", type=int, help="mask head width (default: the text tower's)")
+    return parser
+
+
 def build_processor(size: TowerSize) -> SmartCLIPProcessor:
     """The offline word-level processor, its images resized to the towers' input size."""
     return scratch_processor(image_size=size.image_size)
 
 
-def build_models(size: TowerSize, processor: SmartCLIPProcessor, seed: int = 0) -> tuple[CLIPModel, SmartCLIPModel]:
-    """A random `CLIPModel` (77 text positions) and the SmartCLIP converted from it, same weights in both towers."""
+def build_models(
+    size: TowerSize,
+    processor: SmartCLIPProcessor,
+    seed: int = 0,
+    mask_heads: int | None = None,
+    mask_width: int | None = None,
+) -> tuple[CLIPModel, SmartCLIPModel]:
+    """A random `CLIPModel` (77 text positions) and the SmartCLIP converted from it, same weights in both towers.
+
+    `mask_heads` / `mask_width`: the mask head's attention heads and width; `None` means the text tower's.
+    """
     config = scratch_clip_config(
         processor, hidden_size=size.text_width, num_layers=size.text_layers, num_heads=size.text_heads,
         projection_dim=size.projection_dim, max_position_embeddings=CLIP_TEXT_POSITIONS,
@@ -74,7 +94,10 @@ def build_models(size: TowerSize, processor: SmartCLIPProcessor, seed: int = 0) 
     )
     torch.manual_seed(seed)
     clip = CLIPModel(config)
-    return clip, SmartCLIPModel.from_clip(clip)
+    smartclip = SmartCLIPModel.from_clip(
+        clip, mask_num_attention_heads=mask_heads or size.text_heads, mask_hidden_size=mask_width
+    )
+    return clip, smartclip
 
 
 def random_batch(
@@ -91,4 +114,7 @@ def random_batch(
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values": pixel_values}
 
 
-__all__ = ["CLIP_TEXT_POSITIONS", "TOWER_SIZES", "TowerSize", "build_models", "build_processor", "random_batch", "tower_size"]
+__all__ = [
+    "CLIP_TEXT_POSITIONS", "TOWER_SIZES", "TowerSize", "add_tower_arguments", "build_models", "build_processor",
+    "random_batch", "tower_size",
+]

@@ -9,9 +9,10 @@ the modular loss; `CLIPModel` runs CLIP's loss; towers, weights and inputs are i
 import torch
 
 from common import Goal, count_flops, main_for, parser, profile_difference, resolve_device, row, section, time_runs
-from towers import build_models, build_processor, random_batch, tower_size
+from towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
 
 GOAL = Goal(1.05, at_most=True)
+REPEATS = 7
 
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> None:
@@ -25,10 +26,10 @@ def run(args) -> dict:
     size_name = "tiny" if args.quick else args.size
     batches = [8] if args.quick else args.batch
     text_len = 16 if args.quick else args.text_len
-    repeats = args.repeats or (1 if args.quick else 5)
+    repeats = args.repeats or (1 if args.quick else REPEATS)
     size = tower_size(size_name)
     processor = build_processor(size)
-    clip, smartclip = build_models(size, processor)
+    clip, smartclip = build_models(size, processor, mask_heads=args.mask_heads, mask_width=args.mask_width)
     clip.to(device).train()
     smartclip.to(device).train()
     optimizers = {"smartclip": torch.optim.AdamW(smartclip.parameters()), "clip": torch.optim.AdamW(clip.parameters())}
@@ -58,13 +59,16 @@ def run(args) -> dict:
         "flop_ratio = the same ratio in matmul/attention FLOPs (torch.utils.flop_counter), the work the mask head "
         "and the modular loss add whatever the machine's load.",
     ]
-    settings = {"size": size_name, "batches": batches, "text_len": text_len, "repeats": repeats, "warmup": args.warmup}
+    settings = {
+        "size": size_name, "mask_heads": smartclip.config.mask_num_attention_heads,
+        "mask_width": smartclip.config.mask_hidden_size, "batches": batches,
+        "text_len": text_len, "repeats": repeats, "warmup": args.warmup,
+    }
     return section("train_step", "Training step time (forward + backward + AdamW)", device, settings, rows, notes)
 
 
 def arguments():
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--size", default="mid", help="tower size: tiny, small, mid (CPU default) or b32")
+    p = add_tower_arguments(parser(__doc__.splitlines()[0]))
     p.add_argument("--batch", type=int, nargs="+", default=[64, 256], help="batch sizes")
     p.add_argument("--text-len", type=int, default=77, help="tokens per caption")
     return p

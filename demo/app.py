@@ -104,8 +104,7 @@ def builtin_gallery() -> Gallery | None:
         from smartclip_train.scenes import make_scenes
     except ImportError:
         return None
-    # num_train=0 fails in make_scenes (an empty split has no inferable schema); one train scene costs nothing.
-    scenes = make_scenes(num_train=1, num_test=BUILTIN_GALLERY_SIZE)["test"]
+    scenes = make_scenes(num_train=0, num_test=BUILTIN_GALLERY_SIZE)["test"]  # the first scenes of the test split
     long_captions = list(scenes["long_caption"])
     short_captions = [caption for captions in scenes["short_captions"] for caption in captions]
     images = [image.convert("RGB") for image in scenes["image"]]
@@ -439,23 +438,35 @@ def zero_shot_tab(demo: SmartCLIPDemo) -> None:
 
 
 def retrieval_tab(demo: SmartCLIPDemo) -> None:
+    widths = ["8%", "62%", "15%", "15%"]  # rank, item, and one cosine per scoring
     with gr.Row():
         with gr.Column():
             caption = gr.Textbox(label="caption", lines=2, value=RETRIEVAL_CAPTION, elem_id="rt-caption")
             scoring = gr.Radio(list(SCORINGS), value=demo.model.config.scoring, label="rank by", elem_id="rt-scoring")
             k = gr.Slider(1, MAX_TOP_K, value=6, step=1, label="top k", elem_id="rt-k")
             search_images = gr.Button("Search images", variant="primary", elem_id="rt-run")
-            image = image_input("or an image, to search the captions", "rt-image", 200)
-            search_captions = gr.Button("Search captions", elem_id="rt-run-image")
         with gr.Column():
             found = gr.Gallery(label="top images", columns=3, height="auto", object_fit="contain", elem_id="rt-gallery")
-            table = gr.Dataframe(label="scores under both scorings", wrap=True, elem_id="rt-table")
-            note = gr.Markdown(elem_id="rt-note")
+            images_table = gr.Dataframe(
+                label="scores under both scorings", wrap=True, column_widths=widths, elem_id="rt-table"
+            )
+            images_note = gr.Markdown(elem_id="rt-note")
+    with gr.Row():
+        with gr.Column():
+            image = image_input("an image, to search the captions", "rt-image", 220)
+            search_captions = gr.Button("Search captions", variant="primary", elem_id="rt-run-image")
+        with gr.Column():
+            captions_table = gr.Dataframe(
+                label="top captions, scores under both scorings", wrap=True, column_widths=widths, elem_id="rt-captions"
+            )
+            captions_note = gr.Markdown(elem_id="rt-captions-note")
     search_images.click(
-        for_ui(demo.search_images), [caption, scoring, k], [found, table, note], api_name="search_images", **RUN
+        for_ui(demo.search_images), [caption, scoring, k], [found, images_table, images_note],
+        api_name="search_images", **RUN,
     )
     search_captions.click(
-        for_ui(demo.search_captions), [image, scoring, k], [table, note], api_name="search_captions", **RUN
+        for_ui(demo.search_captions), [image, scoring, k], [captions_table, captions_note],
+        api_name="search_captions", **RUN,
     )
 
 
@@ -547,7 +558,10 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as error:
         sys.exit(f"smartclip-demo: could not load the model {source}: {error}")
     print(f"smartclip-demo: model {source}; gallery: {gallery.summary() if gallery else 'none'}")
-    serve(build_app(demo), args.host, args.port)
+    try:
+        serve(build_app(demo), args.host, args.port)
+    except OSError as error:  # the port is taken or the address is not this machine's
+        sys.exit(f"smartclip-demo: cannot serve on {args.host}:{args.port}: {error}")
 
 
 if __name__ == "__main__":

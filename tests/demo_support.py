@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from modeling_smartclip import SmartCLIPModel
@@ -17,6 +18,11 @@ from smartclip_demo.app import SmartCLIPDemo, build_app, load_gallery_folder, se
 from smartclip_train.scenes import COLOURS, SHAPES, make_scene
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost", "::ffff:127.0.0.1"}
+# Gradio's queue statistics call pandas options that pandas 3 deprecates; the warnings are Gradio's, not the demo's.
+GRADIO_PANDAS_WARNINGS = [
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
 UNREADABLE = "broken.png"
 _connections: list | None = None
 _hook_installed = False

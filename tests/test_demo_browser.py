@@ -15,16 +15,23 @@ from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.demo_support import LOOPBACK, running_demo, save_tiny_smartclip, write_gallery_folder
+from tests.demo_support import GRADIO_PANDAS_WARNINGS, LOOPBACK, running_demo, save_tiny_smartclip, write_gallery_folder
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver packages (apt-get install chromium chromium-driver; "
-    ".ci/run installs them)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="needs Debian's chromium and chromium-driver packages (apt-get install chromium chromium-driver; "
+        ".ci/run installs them)",
+    ),
+    *GRADIO_PANDAS_WARNINGS,
+]
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -35,10 +42,6 @@ LABELS = ["red circle", "blue square", "green cross"]
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, clip_dir, processor):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import WebDriverWait
-
     root = tmp_path_factory.mktemp("demo_browser")
     save_tiny_smartclip(clip_dir, processor, root / "smartclip-tiny")
     write_gallery_folder(root / "gallery")
@@ -57,15 +60,14 @@ def page(tmp_path_factory, clip_dir, processor):
                 driver.get(url)
                 yield SimpleNamespace(
                     driver=driver, wait=WebDriverWait(driver, 60), image=str(root / "gallery" / "scene_0.png"),
-                    opened=opened, startup=startup,
+                    captions=(root / "gallery" / "captions.txt").read_text().splitlines(), opened=opened,
+                    startup=startup,
                 )
             finally:
                 driver.quit()
 
 
 def find(page, selector):
-    from selenium.webdriver.common.by import By
-
     return page.driver.find_elements(By.CSS_SELECTOR, selector)
 
 
@@ -141,6 +143,12 @@ def test_caption_retrieval_in_the_page(page, tmp_path):
     table = find(page, "#rt-table")[0].text
     assert "modular cos" in table and "plain cos" in table and "scene_" in table
     assert "1 unreadable file(s) skipped: broken.png" in find(page, "#rt-note")[0].text
+
+    upload(page, "rt-image", page.image)
+    find(page, "#rt-run-image")[0].click()
+    page.wait.until(lambda _: "Ranked by" in find(page, "#rt-captions-note")[0].text)
+    shown = find(page, "#rt-captions")[0].text
+    assert "plain cos" in shown and sum(caption in shown for caption in set(page.captions)) >= 6
     screenshot(page, tmp_path / "retrieval_tab.png")
 
 
@@ -148,10 +156,11 @@ def test_mask_heatmap_in_the_page(page, tmp_path):
     open_tab(page, "Mask inspection")
     upload(page, "mk-image", page.image)
     find(page, "#mk-run")[0].click()
-    heatmap = wait_for(page, "#mk-heatmap img")[0]
-    page.wait.until(lambda _: natural_width(page, heatmap) > 400)
+    wait_for(page, "#mk-heatmap img")
+    page.wait.until(lambda _: natural_width(page, find(page, "#mk-heatmap img")[0]) > 400)
     page.wait.until(lambda _: "modular cos" in find(page, "#mk-scores")[0].text)
-    assert "plain cos" in find(page, "#mk-scores")[0].text
+    assert "plain cos" in find(page, "#mk-scores")[0].text and "dims kept" in find(page, "#mk-scores")[0].text
+    assert "caption" in find(page, "#mk-overlap")[0].text
     assert "3 caption(s)" in find(page, "#mk-note")[0].text
     path = screenshot(page, tmp_path / "mask_tab.png")
     if os.environ.get("SMARTCLIP_SAVE_SCREENSHOTS") == "1":

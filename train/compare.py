@@ -20,7 +20,6 @@ atomic-concept probe; SmartCLIP under plain and modular scoring, CLIP plainly) a
 
 import json
 import logging
-import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,8 +43,8 @@ class CompareArguments:
     output_dir: str = field(default="outputs/compare", metadata={"help": "Where every arm, the table and plots go."})
     num_train_scenes: int = field(default=20000, metadata={"help": "Training scenes."})
     num_test_scenes: int = field(default=1000, metadata={"help": "Held-out test scenes."})
-    scratch_steps: int = field(default=1500, metadata={"help": "Steps of each from-scratch arm."})
-    finetune_steps: int = field(default=600, metadata={"help": "Steps of each fine-tuning arm."})
+    scratch_steps: int = field(default=1000, metadata={"help": "Steps of each from-scratch arm."})
+    finetune_steps: int = field(default=500, metadata={"help": "Steps of each fine-tuning arm."})
     batch_size: int = field(default=128, metadata={"help": "Images per step (one caption each)."})
     scratch_learning_rate: float = field(default=1e-3, metadata={"help": "Towers' learning rate from scratch."})
     finetune_learning_rate: float = field(default=1e-4, metadata={"help": "Towers' learning rate when fine-tuning."})
@@ -149,7 +148,9 @@ def run_compare(args: CompareArguments) -> dict:
     publish = args.publish if args.publish in runs else "scratch/smartclip-union"
     sentences = sorted({s for captions in test_split["short_captions"] for s in captions})
     plot_masks(runs[publish]["output_dir"], sentences, output_dir / "mask_usage.png", f"{publish}: mask usage per concept")
-    shutil.copytree(runs[publish]["output_dir"], output_dir / "smartclip", dirs_exist_ok=True)
+    # Model, processor and code only: the Trainer's pickled arguments and states stay in the arm's folder.
+    SmartCLIPModel.from_pretrained(runs[publish]["output_dir"]).save_pretrained(output_dir / "smartclip")
+    SmartCLIPProcessor.from_pretrained(runs[publish]["output_dir"], trust_remote_code=False).save_pretrained(output_dir / "smartclip")
     print(table)
     print(f"\nSaved: {output_dir / 'results.json'}, {output_dir / 'results.md'}, plots, and the hub-ready "
           f"SmartCLIP ({publish}) in {output_dir / 'smartclip'}.")
