@@ -2,7 +2,7 @@
 
     python bench/run_all.py            # the full run (about 10 minutes on one CPU core)
     python bench/run_all.py --quick    # tiny sizes, one repeat: checks the scripts, measures nothing
-    python bench/run_all.py --only loss retrieval
+    python bench/run_all.py --only accuracy  # re-runs some; the others' results are kept from the last run
 
 Every benchmark also runs alone (`python bench/loss.py --help`); here each gets `--quick`, `--threads`, `--device`,
 `--repeats` and `--warmup` passed through, and its own defaults otherwise.
@@ -10,6 +10,7 @@ Every benchmark also runs alone (`python bench/loss.py --help`); here each gets 
 
 import argparse
 import importlib
+import json
 import time
 from pathlib import Path
 
@@ -45,14 +46,19 @@ def forwarded(args: argparse.Namespace, name: str) -> list[str]:
 def main(argv=None) -> list[dict]:
     args = arguments().parse_args(argv)
     fix_threads(args.threads)
-    sections = []
+    results_path = args.out_dir / "results.json"
+    kept = {}  # a partial run keeps the other benchmarks' last results (of the same kind, quick or full)
+    if results_path.exists() and set(args.only) != set(BENCHMARKS):
+        previous = json.loads(results_path.read_text())
+        if previous.get("quick") == args.quick:
+            kept = {section["name"]: section for section in previous["benchmarks"]}
     for name in args.only:
         module = importlib.import_module(name)
         start = time.perf_counter()
-        result = module.run(module.arguments().parse_args(forwarded(args, name)))
-        result["wall_seconds"] = round(time.perf_counter() - start, 1)
-        sections.append(result)
-    write_json(args.out_dir / "results.json", {"quick": args.quick, "benchmarks": sections})
+        kept[name] = module.run(module.arguments().parse_args(forwarded(args, name)))
+        kept[name]["wall_seconds"] = round(time.perf_counter() - start, 1)
+    sections = [kept[name] for name in BENCHMARKS if name in kept]
+    write_json(results_path, {"quick": args.quick, "benchmarks": sections})
     (args.out_dir / "results.md").write_text(markdown(sections) + "\n")
     print(f"wrote {args.out_dir / 'results.md'}")
     if sections:

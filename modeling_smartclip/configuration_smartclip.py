@@ -19,8 +19,8 @@ class SmartCLIPConfig(CLIPConfig):
         mask_hidden_size (`int`, *optional*):
             Width of the mask head's transformer block. `None` uses the text tower's hidden size (no input
             projection).
-        mask_num_attention_heads (`int`, defaults to 8):
-            Heads of the mask head's block and of its attention pooling.
+        mask_num_attention_heads (`int`, *optional*):
+            Heads of the mask head's block and of its attention pooling; `None` uses the text tower's.
         mask_intermediate_size (`int`, *optional*):
             MLP width of the block; `None` means 4 x `mask_hidden_size`.
         mask_threshold (`float`, defaults to 0.5):
@@ -44,7 +44,7 @@ class SmartCLIPConfig(CLIPConfig):
     model_type = "smartclip"
 
     mask_hidden_size: int | None = None
-    mask_num_attention_heads: int = 8
+    mask_num_attention_heads: int | None = None
     mask_intermediate_size: int | None = None
     mask_threshold: float = 0.5
     mask_pooling: str = "attention"
@@ -65,11 +65,9 @@ class SmartCLIPConfig(CLIPConfig):
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"SmartCLIPConfig.mask_threshold={self.mask_threshold}; expected a value in (0, 1).")
         width = self.mask_hidden_size or self.text_config.hidden_size
-        if width % self.mask_num_attention_heads:
-            raise ValueError(
-                f"SmartCLIPConfig: mask head width {width} is not divisible by "
-                f"mask_num_attention_heads={self.mask_num_attention_heads}."
-            )
+        heads = self.mask_num_attention_heads or self.text_config.num_attention_heads
+        if width % heads:
+            raise ValueError(f"SmartCLIPConfig: mask head width {width} is not divisible by {heads} attention heads.")
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):

@@ -11,6 +11,9 @@ from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 from .configuration_smartclip import SmartCLIPConfig
 
+# Floor of a masked image's squared norm: an all-zero mask scores 0 with a finite gradient (not 1e18).
+EMPTY_MASK_EPS = 1e-6
+
 
 class SmartCLIPMaskHead(nn.Module):
     """Predicts a binary mask over the `projection_dim` embedding dimensions from a caption's token sequence.
@@ -28,7 +31,7 @@ class SmartCLIPMaskHead(nn.Module):
         width = config.mask_hidden_size or text_width
         block_config = CLIPTextConfig(
             hidden_size=width,
-            num_attention_heads=config.mask_num_attention_heads,
+            num_attention_heads=config.mask_num_attention_heads or config.text_config.num_attention_heads,
             intermediate_size=config.mask_intermediate_size or 4 * width,
             hidden_act=config.text_config.hidden_act,
             layer_norm_eps=config.text_config.layer_norm_eps,
@@ -40,7 +43,7 @@ class SmartCLIPMaskHead(nn.Module):
         self.block = CLIPEncoderLayer(block_config)
         if self.pooling == "attention":
             self.query = nn.Parameter(torch.zeros(1, 1, width))
-            self.pool = nn.MultiheadAttention(width, config.mask_num_attention_heads, batch_first=True)
+            self.pool = nn.MultiheadAttention(width, block_config.num_attention_heads, batch_first=True)
         self.to_logits = nn.Linear(width, config.projection_dim)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None):
@@ -88,7 +91,8 @@ def masked_similarity(
         text_embeds: `(n_text, D)` caption embeddings (any norm).
         image_embeds: `(n_image, D)` image embeddings (any norm: cosine ignores the scale).
         text_masks: `(n_text, D)` caption masks with values in {0, 1}.
-        chunk_size: captions per block; at most one `(chunk_size, n_image)` block is built at a time.
+        chunk_size: captions per block when no gradient is needed (inference): besides the output, at most one
+            `(chunk_size, n_image)` block is built at a time.
         image_embeds_squared: `image_embeds ** 2`, if a gallery already holds it.
 
     Returns:
@@ -98,14 +102,20 @@ def masked_similarity(
     if image_embeds_squared is None:
         image_embeds_squared = image_embeds.square()  # (n_image, D)
     masked_text = text_embeds * text_masks / text_embeds.norm(dim=-1, keepdim=True)  # (n_text, D)
-    tiny = torch.finfo(image_embeds.dtype).tiny
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (text_embeds, image_embeds, text_masks)):
+        # Training: out-of-place ops for autograd, on a batch-sized (B, B) block.
+        masked_image_norm_sq = text_masks @ image_embeds_squared.T  # (n_text, n_image)
+        return (masked_text @ image_embeds.T) * masked_image_norm_sq.clamp_min(EMPTY_MASK_EPS).rsqrt()
+
+    # Inference: each block is written once into the output and scaled in place.
+    similarity = masked_text.new_empty(len(text_embeds), len(image_embeds))
     step = chunk_size or max(len(text_embeds), 1)
-    blocks = []
     for start in range(0, len(text_embeds), step):
-        numerator = masked_text[start : start + step] @ image_embeds.T  # (chunk, n_image)
-        masked_image_norm = (text_masks[start : start + step] @ image_embeds_squared.T).clamp_min(tiny).sqrt()
-        blocks.append(numerator / masked_image_norm)
-    return torch.cat(blocks) if blocks else masked_text.new_zeros(0, len(image_embeds))
+        block = similarity[start : start + step]  # (chunk, n_image)
+        torch.matmul(masked_text[start : start + step], image_embeds.T, out=block)
+        masked_image_norm_sq = text_masks[start : start + step] @ image_embeds_squared.T  # (chunk, n_image)
+        block.mul_(masked_image_norm_sq.clamp_min_(EMPTY_MASK_EPS).rsqrt_())
+    return similarity
 
 
 def similarity(

@@ -92,6 +92,15 @@ def test_quick_run_writes_every_benchmark(tmp_path):
     assert markdown.startswith("Machine: ")
     assert markdown.count("| figure |") == 6
 
+    # re-running one benchmark keeps the others' results
+    rerun = [sys.executable, "bench/run_all.py", "--quick", "--out-dir", str(out), "--only", "accuracy",
+             "--results", str(tmp_path / "missing.json")]
+    assert subprocess.run(rerun, cwd=REPO, capture_output=True, text=True, timeout=120).returncode == 0
+    rerun_sections = {s["name"]: s for s in json.loads((out / "results.json").read_text())["benchmarks"]}
+    assert tuple(rerun_sections) == BENCHMARKS
+    assert rerun_sections["loss"] == sections["loss"]
+    assert rerun_sections["accuracy"]["rows"] == []
+
 
 def test_accuracy_skips_without_results(bench, tmp_path):
     accuracy = bench("accuracy")

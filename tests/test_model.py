@@ -182,7 +182,7 @@ def test_union_mask_ignores_padding_and_is_the_max_over_tokens(clip, processor):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"mask_num_attention_heads": 5}, "not divisible by mask_num_attention_heads=5"),
+        ({"mask_num_attention_heads": 5}, "width 512 is not divisible by 5 attention heads"),
         ({"scoring": "masked"}, r"scoring='masked'; expected one of \('plain', 'modular'\)"),
         ({"mask_pooling": "mean"}, r"mask_pooling='mean'; expected one of \('attention', 'union'\)"),
         ({"loss_type": "siglip"}, "loss_type='siglip'"),
@@ -299,3 +299,13 @@ def test_to_clip_is_the_inverse_of_from_clip(clip):
     for name, tensor in back.state_dict().items():
         if name != "text_model.embeddings.position_embedding.weight":  # stretched from 77 to 248
             assert torch.equal(tensor, original[name]), name
+
+
+def test_an_empty_mask_scores_zero_with_a_finite_gradient():
+    text = torch.randn(2, 8, requires_grad=True)
+    image = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    masks = torch.tensor([[0.0] * 8, [1.0] * 8], requires_grad=True)
+    similarity = masked_similarity(text, image, masks)
+    assert torch.all(similarity[0] == 0)
+    similarity.sum().backward()
+    assert torch.isfinite(masks.grad).all() and masks.grad.abs().max() < 1e4
