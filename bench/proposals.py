@@ -8,8 +8,7 @@ figure. Same mathematics as `masked_similarity`: `S[a, b] = <T_a * M_a, I_b> / (
    logit scale's product, the similarity itself), and recomputes the numerator in backward (one more matmul).
 2. The logit scale multiplies the `(n_text, D)` masked captions, not the `(n_text, n_image)` similarity, so its
    gradient needs no `(n_text, n_image)` tensor (as `clip_loss` already does by operator precedence).
-3. `preallocated_masked_similarity` (no gradient, retrieval): blocks are written into one preallocated output with
-   in-place operations, instead of kept in a list and concatenated (which holds the result twice).
+3. (made in the package: `masked_similarity` writes inference blocks in place into one preallocated output.)
 4. `forward_skipping_mask_head`: `SmartCLIPModel.forward` under plain scoring and without a loss does not need the
    masks, so it skips the mask head (the zero-shot pipeline calls `forward` once per image with every label).
 """
@@ -61,29 +60,6 @@ def lean_modular_loss(
     return lambda_align * contrastive_loss(logits_per_text) + lambda_sparsity * text_mask_probs.mean()
 
 
-@torch.no_grad()
-def preallocated_masked_similarity(
-    text_embeds: torch.Tensor,
-    image_embeds: torch.Tensor,
-    text_masks: torch.Tensor,
-    chunk_size: int | None = None,
-    image_embeds_squared: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """`masked_similarity` for inference (proposal 3): `(n_text, n_image)`, with at most one more
-    `(chunk_size, n_image)` block alive beside the output."""
-    if image_embeds_squared is None:
-        image_embeds_squared = image_embeds.square()  # (n_image, D)
-    masked_text = text_embeds * text_masks / text_embeds.norm(dim=-1, keepdim=True)  # (n_text, D)
-    tiny = torch.finfo(image_embeds.dtype).tiny
-    output = masked_text.new_empty(len(text_embeds), len(image_embeds))
-    step = chunk_size or max(len(text_embeds), 1)
-    for start in range(0, len(text_embeds), step):
-        block = output[start : start + step]  # (chunk, n_image), a view
-        torch.matmul(text_masks[start : start + step], image_embeds_squared.T, out=block)
-        block.clamp_min_(tiny).rsqrt_().mul_(masked_text[start : start + step] @ image_embeds.T)
-    return output
-
-
 def forward_skipping_mask_head(
     self: SmartCLIPModel,
     input_ids: torch.Tensor | None = None,
@@ -109,4 +85,4 @@ def forward_skipping_mask_head(
     )
 
 
-__all__ = ["LeanMaskedCosine", "forward_skipping_mask_head", "lean_modular_loss", "preallocated_masked_similarity"]
+__all__ = ["LeanMaskedCosine", "forward_skipping_mask_head", "lean_modular_loss"]

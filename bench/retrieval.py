@@ -2,8 +2,7 @@
 
 Both go through the package's retrieval helper (`search_images`: similarities, then the top 10 per caption), plain
 scoring as one matrix product, modular as two per block of `--chunk` captions. Goal: time and peak memory of modular
-scoring at most 2.5x plain's. A `proposed` row runs `bench/proposals.py`'s preallocated similarity, the change
-proposed for `masked_similarity` at inference.
+scoring at most 2.5x plain's.
 
     python bench/retrieval.py [--texts 1000] [--images 100000] [--dim 512] [--chunk 1024] [--quick]
 """
@@ -12,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from common import Goal, main_for, memory_figure, parser, peak_memory, resolve_device, row, section, time_runs
-from modeling_smartclip.retrieval import EncodedTexts, ImageGallery, search_images, text_image_similarity
-from proposals import preallocated_masked_similarity
+from modeling_smartclip.retrieval import EncodedTexts, ImageGallery, search_images
 
 GOAL = Goal(2.5, at_most=True)
 TOP_K = 10
@@ -29,13 +27,6 @@ def random_embeddings(n_text: int, n_image: int, dim: int, device: torch.device,
     return texts, ImageGallery.from_embeddings(image_embeds.to(device))
 
 
-def proposed_search(texts: EncodedTexts, gallery: ImageGallery, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    similarity = preallocated_masked_similarity(
-        texts.text_embeds, gallery.image_embeds, texts.text_masks, chunk, gallery.image_embeds_squared
-    )
-    return similarity.topk(TOP_K, dim=1)
-
-
 def run(args) -> dict:
     device = resolve_device(args.device)
     n_text, n_image, dim = (50, 2000, 32) if args.quick else (args.texts, args.images, args.dim)
@@ -46,34 +37,25 @@ def run(args) -> dict:
 
     runs = {
         "modular": lambda: search_images(texts, gallery, TOP_K, "modular", chunk),
-        "proposed": lambda: proposed_search(texts, gallery, chunk),
         "plain": lambda: search_images(texts, gallery, TOP_K, "plain", chunk),
     }
     with torch.no_grad():
         seconds = time_runs(runs, repeats, args.warmup, device)
         memory = {name: peak_memory(fn, device) for name, fn in runs.items()}
-        head = EncodedTexts(texts.text_embeds[:50], texts.text_masks[:50])  # a few captions suffice for the check
-        difference = (
-            text_image_similarity(head, gallery, "modular", chunk)
-            - preallocated_masked_similarity(head.text_embeds, gallery.image_embeds, head.text_masks, chunk)
-        ).abs().max().item()
     output_mib = n_text * n_image * 4 / 2**20
     rows = []
-    for variant in ("modular", "proposed"):
-        extra = {"variant": "package" if variant == "modular" else "proposed", "chunk": chunk}
-        label = f"{n_text} x {n_image}, D={dim}" + (", proposed" if variant == "proposed" else "")
-        rows.append(row(f"ranking time, {label}", seconds[variant], seconds["plain"], GOAL, **extra))
-        rows.append(
-            row(
-                f"ranking peak memory, {label}", memory_figure(memory[variant]), memory_figure(memory["plain"]), GOAL,
-                **extra, similarity_matrix_mib=output_mib,
-            )
+    label = f"{n_text} x {n_image}, D={dim}"
+    rows.append(row(f"ranking time, {label}", seconds["modular"], seconds["plain"], GOAL, chunk=chunk))
+    rows.append(
+        row(
+            f"ranking peak memory, {label}", memory_figure(memory["modular"]), memory_figure(memory["plain"]), GOAL,
+            chunk=chunk, similarity_matrix_mib=output_mib,
         )
+    )
     notes = [
         f"search_images(texts, gallery, k={TOP_K}, scoring, chunk_size={chunk}) on random unit-norm embeddings "
         "(masks: each dimension on with probability 0.5); the gallery (images and their squares) is built once, "
         f"outside the timing. The ({n_text}, {n_image}) similarity matrix alone is {output_mib:,.1f} MiB.",
-        f"the proposed preallocated similarity differs from the package's by at most {difference:.1e} (50 captions).",
         "peak memory as in the loss benchmark (torch.profiler allocations on CPU, max_memory_allocated on CUDA).",
     ]
     settings = {"texts": n_text, "images": n_image, "dim": dim, "chunk": chunk, "top_k": TOP_K, "repeats": repeats}

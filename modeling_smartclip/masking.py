@@ -41,6 +41,9 @@ class SmartCLIPMaskHead(nn.Module):
         self.pooling = config.mask_pooling
         self.input_projection = nn.Linear(text_width, width) if width != text_width else nn.Identity()
         self.block = CLIPEncoderLayer(block_config)
+        # The block is pre-norm, so its output scale is free to grow; without this norm the mask logits grew into
+        # the thousands while training, every sigmoid saturated and the straight-through gradient vanished.
+        self.norm = nn.LayerNorm(width, eps=config.text_config.layer_norm_eps)
         if self.pooling == "attention":
             self.query = nn.Parameter(torch.zeros(1, 1, width))
             self.pool = nn.MultiheadAttention(width, block_config.num_attention_heads, batch_first=True)
@@ -62,7 +65,7 @@ class SmartCLIPMaskHead(nn.Module):
         padding = attention_mask == 0  # (B, T)
         block_mask = torch.zeros(padding.shape, dtype=hidden_states.dtype, device=hidden_states.device)
         block_mask = block_mask.masked_fill(padding, torch.finfo(hidden_states.dtype).min)[:, None, None, :]
-        tokens = self.block(self.input_projection(hidden_states), block_mask)  # (B, T, W)
+        tokens = self.norm(self.block(self.input_projection(hidden_states), block_mask))  # (B, T, W)
 
         if self.pooling == "attention":
             pooled, _ = self.pool(self.query.expand(batch, -1, -1), tokens, tokens, key_padding_mask=padding)
@@ -73,7 +76,7 @@ class SmartCLIPMaskHead(nn.Module):
 
         probs = torch.sigmoid(logits)
         hard = (probs > self.threshold).to(probs.dtype)
-        mask = hard + probs - probs.detach()  # straight-through: value of `hard`, gradient of `probs`
+        mask = hard + (probs - probs.detach())  # straight-through: exactly `hard` forward, `probs` gradient backward
         return mask, probs
 
 

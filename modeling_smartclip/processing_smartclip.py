@@ -28,6 +28,12 @@ class SmartCLIPProcessor(ProcessorMixin):
         clip.tokenizer.model_max_length = LONG_TEXT_POSITIONS
         return cls(image_processor=clip.image_processor, tokenizer=clip.tokenizer)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        # The folder's `auto_map` points at this very class: no need to ask whether to run the folder's code.
+        kwargs.setdefault("trust_remote_code", False)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     def __call__(self, images=None, text=None, **kwargs):
         if text is not None:
             captions = [text] if isinstance(text, str) else list(text)

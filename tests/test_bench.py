@@ -168,15 +168,3 @@ def test_lean_modular_loss_equals_the_package(bench):
     torch.testing.assert_close(actual, expected)
     for a, b in zip(proposed, package):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-9 * b.grad.abs().max().item())
-
-
-def test_preallocated_similarity_equals_the_package(bench):
-    proposals = bench("proposals")
-    from modeling_smartclip.masking import masked_similarity
-
-    generator = torch.Generator().manual_seed(1)
-    text, image = torch.randn(10, 6, generator=generator), torch.randn(7, 6, generator=generator)
-    masks = (torch.rand(10, 6, generator=generator) > 0.5).float()
-    for chunk in (None, 3, 100):
-        expected = masked_similarity(text, image, masks, chunk)
-        torch.testing.assert_close(proposals.preallocated_masked_similarity(text, image, masks, chunk), expected)

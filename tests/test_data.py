@@ -13,15 +13,6 @@ from smartclip_train.data import DataArguments, DropCounter, load_image, load_sp
 from smartclip_train.train import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training steps of a tiny model are far slower with several threads on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_imagefolder(folder, captions: list[str], corrupt: int | None = None) -> None:
     """PNG files `0.png`, `1.png`, ... with `metadata.jsonl` (column `text`); image `corrupt` is garbage bytes."""
     rng = np.random.default_rng(0)

@@ -10,7 +10,6 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from modeling_smartclip import (
     SmartCLIPConfig,
     SmartCLIPModel,
-    SmartCLIPProcessor,
     masked_similarity,
     stretch_position_embedding,
 )
@@ -171,7 +170,7 @@ def test_union_mask_ignores_padding_and_is_the_max_over_tokens(clip, processor):
         torch.testing.assert_close(model.get_text_masks(padded["input_ids"], padded["attention_mask"]), mask)
         hidden = model.text_model(**tokens).last_hidden_state
         head = model.mask_head
-        per_token = head.to_logits(head.block(head.input_projection(hidden), None))[0]  # (T, D)
+        per_token = head.to_logits(head.norm(head.block(head.input_projection(hidden), None)))[0]  # (T, D)
         one_by_one = torch.stack([(torch.sigmoid(logits) > head.threshold).float() for logits in per_token])
     torch.testing.assert_close(mask[0], one_by_one.amax(dim=0))
 

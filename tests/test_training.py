@@ -13,15 +13,6 @@ from smartclip_train.losses import LOSSES, build_loss
 from smartclip_train.train import POSITION_EMBEDDING, DataArguments, ModelArguments, run_training
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training steps of a tiny model are far slower with several threads on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY_MODEL = dict(scratch_hidden_size=32, scratch_num_layers=1, scratch_projection_dim=16, mask_num_attention_heads=4)
 TINY_DATA = dict(num_train_scenes=24, num_test_scenes=4)
 

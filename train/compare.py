@@ -18,7 +18,6 @@ atomic-concept probe; SmartCLIP under plain and modular scoring, CLIP plainly) a
     smartclip-compare --quick              # a smoke test: seconds
 """
 
-import json
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
