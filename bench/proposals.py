@@ -17,6 +17,7 @@ import torch
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPOutput
 from modeling_smartclip.losses import contrastive_loss
+from modeling_smartclip.masking import EMPTY_MASK_EPS
 
 
 class LeanMaskedCosine(torch.autograd.Function):
@@ -25,8 +26,7 @@ class LeanMaskedCosine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, masked_text, image_embeds, text_masks, image_embeds_squared):
-        tiny = torch.finfo(image_embeds.dtype).tiny
-        inverse_norm = (text_masks @ image_embeds_squared.T).clamp_min_(tiny).rsqrt_()  # (n_text, n_image)
+        inverse_norm = (text_masks @ image_embeds_squared.T).clamp_min_(EMPTY_MASK_EPS).rsqrt_()  # (n_text, n_image)
         ctx.save_for_backward(masked_text, image_embeds, text_masks, image_embeds_squared, inverse_norm)
         return (masked_text @ image_embeds.T).mul_(inverse_norm)
 

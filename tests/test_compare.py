@@ -26,4 +26,4 @@ def test_compare_quick_run_writes_results_plots_and_a_hub_ready_model(tmp_path, 
     for plot in ("training_curves.png", "mask_usage.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = AutoModel.from_pretrained(tmp_path / "smartclip", trust_remote_code=True)
-    assert model.config.scoring == "modular" and model.config.mask_pooling == "union"
+    assert model.config.scoring == "modular" and model.config.mask_pooling == "attention"

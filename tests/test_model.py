@@ -114,6 +114,8 @@ def test_masked_similarity_equals_naive_reference(chunk_size):
     torch.testing.assert_close(masked_similarity(text, image, masks, chunk_size).T, naive_masked_similarity(text, image, masks).T)
     squared = image.square()
     torch.testing.assert_close(masked_similarity(text, image, masks, chunk_size, squared), expected)
+    # The training path (inputs that need gradients) computes the same values.
+    torch.testing.assert_close(masked_similarity(text.requires_grad_(), image, masks, chunk_size).detach(), expected)
 
 
 def test_modular_logits_and_loss_come_from_the_masked_similarity(smartclip, batch):

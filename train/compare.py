@@ -52,7 +52,7 @@ class CompareArguments:
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, data order and caption draws."})
     stages: str = field(default="scratch,finetune", metadata={"help": "Comma-separated: scratch, finetune."})
     publish: str = field(
-        default="finetune/smartclip-union", metadata={"help": "The arm saved as the hub-ready `smartclip/` folder."}
+        default="scratch/smartclip", metadata={"help": "The arm saved as the hub-ready `smartclip/` folder."}
     )
     quick: bool = field(default=False, metadata={"help": "Tiny smoke-test setting (overrides sizes and steps)."})
 
@@ -144,7 +144,7 @@ def run_compare(args: CompareArguments) -> dict:
     )
     (output_dir / "results.md").write_text(table + "\n")
     plot_training_curves({name: run["log_history"] for name, run in runs.items()}, str(output_dir / "training_curves.png"))
-    publish = args.publish if args.publish in runs else "scratch/smartclip-union"
+    publish = args.publish if args.publish in runs else "scratch/smartclip"
     sentences = sorted({s for captions in test_split["short_captions"] for s in captions})
     plot_masks(runs[publish]["output_dir"], sentences, output_dir / "mask_usage.png", f"{publish}: mask usage per concept")
     # Model, processor and code only: the Trainer's pickled arguments and states stay in the arm's folder.
