@@ -185,7 +185,8 @@ def builtin_scenes(num_train: int, num_test: int, seed: int) -> DatasetDict:
     return make_scenes(num_train=num_train, num_test=num_test, seed=seed)
 
 
-def _load_source(args: DataArguments, split: str) -> Dataset | IterableDataset:
+def load_source(args: DataArguments, split: str) -> Dataset | IterableDataset:
+    """One raw split: the built-in scenes, a `save_to_disk` folder, or anything `load_dataset` reads (streamed or not)."""
     if args.dataset_name is None:
         splits = builtin_scenes(args.num_train_scenes, args.num_test_scenes, args.scenes_seed)
     elif Path(args.dataset_name, "dataset_dict.json").is_file() or Path(args.dataset_name, "state.json").is_file():
@@ -226,7 +227,7 @@ def load_split(
     args: DataArguments, split: str, drops: DropCounter, max_samples: int | None = None
 ) -> Dataset | IterableDataset:
     """One split with columns `image`, `long_caption`, `short_captions`; dropped rows are counted in `drops`."""
-    dataset = _load_source(args, split)
+    dataset = load_source(args, split)
     columns = _column_names(dataset)
     long_column, short_column = _check_columns(args, columns)
     if isinstance((dataset.features or {}).get(args.image_column), ImageFeature):
@@ -268,5 +269,6 @@ __all__ = [
     "clean_captions",
     "drop_reason",
     "load_image",
+    "load_source",
     "load_split",
 ]

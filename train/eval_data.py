@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import ClassLabel, Dataset
 from PIL import Image
 
 from .scenes import COLOURS, HELD_OUT_PAIRS, IMAGE_SIZE, SHAPES, SIZES, SLOTS, describe
@@ -277,19 +277,6 @@ def classification_set_from_dataset(
     return ClassificationSet(name, dataset[image_column], labels, [c.replace("_", " ") for c in class_names], tuple(templates))
 
 
-def load_split(name_or_path: str, split: str) -> Dataset:
-    """One split of a Hub dataset, a local data folder (`load_dataset`) or a `save_to_disk` folder."""
-    path = Path(name_or_path)
-    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        loaded = load_from_disk(str(path))
-        if isinstance(loaded, DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"split {split!r} is not in {name_or_path}; its splits are {list(loaded)}.")
-            return loaded[split]
-        return loaded
-    return load_dataset(name_or_path, split=split)
-
-
 # ----- the built-in scenes ----------------------------------------------------------------------------------------
 
 # Every (size, colour, shape) combination, in the order the atomic probe lists its candidates at one slot.
@@ -375,6 +362,6 @@ def scene_eval_sets(test_split: Dataset, prefix: str = "scenes") -> list[EvalSet
 __all__ = [
     "AtomicProbeSet", "ClassificationSet", "EvalSet", "IMAGENET_TEMPLATES", "MaskStatsSet", "RetrievalSet",
     "SCENE_CLASSES", "SCENE_TEMPLATES", "atomic_probe_set", "classification_set_from_dataset",
-    "classification_set_from_folder", "load_coco_captions", "load_image", "load_split", "load_urban1k",
+    "classification_set_from_folder", "load_coco_captions", "load_image", "load_urban1k",
     "retrieval_set_from_dataset", "scene_eval_sets", "scene_zeroshot_set",
 ]

@@ -24,8 +24,15 @@ from transformers import CLIPModel, PretrainedConfig
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 from modeling_smartclip.configuration_smartclip import SCORINGS
-from modeling_smartclip.retrieval import EncodedTexts, ImageGallery, encode_gallery, encode_texts, text_image_similarity
+from modeling_smartclip.retrieval import (
+    EncodedTexts,
+    ImageGallery,
+    encode_gallery,
+    encode_texts,
+    text_image_similarity,
+)
 
+from .data import DataArguments, load_source
 from .eval_data import (
     AtomicProbeSet,
     ClassificationSet,
@@ -36,7 +43,6 @@ from .eval_data import (
     classification_set_from_folder,
     load_coco_captions,
     load_image,
-    load_split,
     load_urban1k,
     retrieval_set_from_dataset,
     scene_eval_sets,
@@ -294,7 +300,7 @@ def eval_sets_from_args(args: argparse.Namespace) -> list[EvalSet]:
     if args.zeroshot_folder:
         sets.append(classification_set_from_folder(args.zeroshot_folder))
     if args.dataset:
-        split = load_split(args.dataset, args.split)
+        split = load_source(DataArguments(dataset_name=args.dataset), args.split)
         name = Path(args.dataset).name or args.dataset
         if args.caption_column:
             captions = args.caption_column.split(",")
