@@ -111,7 +111,7 @@ def train_arm(args: CompareArguments, stage: str, arm: tuple, start: str | None,
 def plot_masks(model_dir: str, sentences: list[str], path: Path, title: str) -> None:
     """The mask usage per concept of a trained SmartCLIP, on the test scenes' one-object sentences."""
     model = SmartCLIPModel.from_pretrained(model_dir).eval()
-    processor = SmartCLIPProcessor.from_pretrained(model_dir, trust_remote_code=False)
+    processor = SmartCLIPProcessor.from_pretrained(model_dir)
     tokens = processor.tokenizer(sentences, return_tensors="pt", padding=True)
     with torch.no_grad():
         masks = model.get_text_masks(tokens["input_ids"], tokens["attention_mask"])
@@ -119,7 +119,6 @@ def plot_masks(model_dir: str, sentences: list[str], path: Path, title: str) -> 
 
 
 def run_compare(args: CompareArguments) -> dict:
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     test_split = builtin_scenes(args.num_train_scenes, args.num_test_scenes, 0)["test"]
@@ -133,7 +132,7 @@ def run_compare(args: CompareArguments) -> dict:
         # it with `from_clip` and gets a fresh head of its own kind.
         pretrained = output_dir / "pretrained-clip"
         SmartCLIPModel.from_pretrained(runs["scratch/clip"]["output_dir"]).to_clip().save_pretrained(pretrained)
-        SmartCLIPProcessor.from_pretrained(runs["scratch/clip"]["output_dir"], trust_remote_code=False).save_pretrained(pretrained)
+        SmartCLIPProcessor.from_pretrained(runs["scratch/clip"]["output_dir"]).save_pretrained(pretrained)
         for arm in FINETUNE_ARMS:
             runs[f"finetune/{arm[0]}"] = train_arm(args, "finetune", arm, str(pretrained), eval_sets)
 
@@ -149,7 +148,7 @@ def run_compare(args: CompareArguments) -> dict:
     plot_masks(runs[publish]["output_dir"], sentences, output_dir / "mask_usage.png", f"{publish}: mask usage per concept")
     # Model, processor and code only: the Trainer's pickled arguments and states stay in the arm's folder.
     SmartCLIPModel.from_pretrained(runs[publish]["output_dir"]).save_pretrained(output_dir / "smartclip")
-    SmartCLIPProcessor.from_pretrained(runs[publish]["output_dir"], trust_remote_code=False).save_pretrained(output_dir / "smartclip")
+    SmartCLIPProcessor.from_pretrained(runs[publish]["output_dir"]).save_pretrained(output_dir / "smartclip")
     print(table)
     print(f"\nSaved: {output_dir / 'results.json'}, {output_dir / 'results.md'}, plots, and the hub-ready "
           f"SmartCLIP ({publish}) in {output_dir / 'smartclip'}.")
