@@ -4,13 +4,13 @@ Reads `outputs/compare/results.json` (written by `smartclip-compare`: one entry 
 Trainer's `log_history` and the final evaluation under each scoring, `plain` and `modular`) and writes PNGs:
 
 - `accuracy_<key>.png`: each metric the Trainer logged (loss, mask density, any `eval_*`) against the training step,
-  one line per arm (`smartclip_train.plots.plot_training_curves`);
+  one line per arm (`smartclip_experiments.plots.plot_training_curves`);
 - `accuracy_final.png`: the headline test metrics of each arm at its last step, per scoring.
 
 Every arm of a stage trains the same towers on the same batches for the same steps, so a step is the same compute up to
 the training-step ratio of question 1 (`train_step.py`). Without the results file the benchmark says so and skips.
 
-    python bench/accuracy.py [--results outputs/compare/results.json] [--plots bench/out]
+    python -m bench.accuracy [--results outputs/compare/results.json] [--plots bench/out]
 """
 
 import json
@@ -22,8 +22,8 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt
 import torch
 
-from common import OUT_DIR, main_for, parser, section
-from smartclip_train.plots import plot_training_curves
+from .common import OUT_DIR, main_for, parser, section
+from smartclip_experiments.plots import plot_training_curves
 
 TITLE = "Accuracy per unit of compute: metric vs training step"
 DEFAULT_RESULTS = Path("outputs/compare/results.json")

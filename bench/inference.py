@@ -3,7 +3,7 @@ pipeline's images/s, SmartCLIP vs `CLIPModel` (identical towers). Goal: SmartCLI
 
 The pipeline runs SmartCLIP's `forward`, which reads the configured scoring; both scorings are measured.
 
-    python bench/inference.py [--size mid] [--batch 64] [--quick]
+    python -m bench.inference [--size mid] [--batch 64] [--quick]
 """
 
 from types import MethodType
@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
-from common import Goal, count_flops, main_for, parser, profile_difference, resolve_device, row, section, time_runs
-from proposals import forward_skipping_mask_head
-from smartclip_train.scenes import COLOURS, SHAPES, SIZES
-from towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
+from .common import Goal, count_flops, main_for, parser, profile_difference, resolve_device, row, section, time_runs
+from .proposals import forward_skipping_mask_head
+from smartclip_data.scenes import COLOURS, SHAPES, SIZES
+from .towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
 
 GOAL = Goal(0.95, at_most=False)
 REPEATS = 9

@@ -4,18 +4,18 @@ Goal: peak memory <= 1.5x CLIP's, and no `(B, B, D)` tensor anywhere. The per-pa
 directly would hold `B * B * D` floats (`B*B*D*4` bytes); the table shows that figure next to the largest tensor the
 modular loss really allocates.
 
-    python bench/loss.py [--batch 256 1024 4096] [--dim 512 768] [--quick]
+    python -m bench.loss [--batch 256 1024 4096] [--dim 512 768] [--quick]
 """
 
 import torch
 import torch.nn.functional as F
 
-from common import (
+from .common import (
     Goal, Memory, main_for, memory_figure, parser, peak_memory, resolve_device, row, saved_tensor_bytes, section,
     time_runs,
 )
 from modeling_smartclip.losses import clip_loss, modular_loss
-from proposals import lean_modular_loss
+from .proposals import lean_modular_loss
 
 MEMORY_GOAL = Goal(1.5, at_most=True)
 MIB = 2**20

@@ -4,13 +4,13 @@ Both go through the package's retrieval helper (`search_images`: similarities, t
 scoring as one matrix product, modular as two per block of `--chunk` captions. Goal: time and peak memory of modular
 scoring at most 2.5x plain's.
 
-    python bench/retrieval.py [--texts 1000] [--images 100000] [--dim 512] [--chunk 1024] [--quick]
+    python -m bench.retrieval [--texts 1000] [--images 100000] [--dim 512] [--chunk 1024] [--quick]
 """
 
 import torch
 import torch.nn.functional as F
 
-from common import Goal, main_for, memory_figure, parser, peak_memory, resolve_device, row, section, time_runs
+from .common import Goal, main_for, memory_figure, parser, peak_memory, resolve_device, row, section, time_runs
 from modeling_smartclip.retrieval import EncodedTexts, ImageGallery, search_images
 
 GOAL = Goal(2.5, at_most=True)

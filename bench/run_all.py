@@ -1,10 +1,10 @@
 """Runs every benchmark and writes `bench/results.json` and `bench/results.md`.
 
-    python bench/run_all.py            # the full run (about 10 minutes on one CPU core)
-    python bench/run_all.py --quick    # tiny sizes, one repeat: checks the scripts, measures nothing
-    python bench/run_all.py --only accuracy  # re-runs some; the others' results are kept from the last run
+    python -m bench.run_all            # the full run (about 10 minutes on one CPU core)
+    python -m bench.run_all --quick    # tiny sizes, one repeat: checks the scripts, measures nothing
+    python -m bench.run_all --only accuracy  # re-runs some; the others' results are kept from the last run
 
-Every benchmark also runs alone (`python bench/loss.py --help`); here each gets `--quick`, `--threads`, `--device`,
+Every benchmark also runs alone (`python -m bench.loss --help`); here each gets `--quick`, `--threads`, `--device`,
 `--repeats` and `--warmup` passed through, and its own defaults otherwise.
 """
 
@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from common import BENCH_DIR, fix_threads, machine_line, markdown, write_json
+from .common import BENCH_DIR, fix_threads, machine_line, markdown, write_json
 
 BENCHMARKS = ("train_step", "loss", "inference", "text_length", "scaling", "accuracy", "retrieval")
 
@@ -53,7 +53,7 @@ def main(argv=None) -> list[dict]:
         if previous.get("quick") == args.quick:
             kept = {section["name"]: section for section in previous["benchmarks"]}
     for name in args.only:
-        module = importlib.import_module(name)
+        module = importlib.import_module(f"bench.{name}")
         start = time.perf_counter()
         kept[name] = module.run(module.arguments().parse_args(forwarded(args, name)))
         kept[name]["wall_seconds"] = round(time.perf_counter() - start, 1)

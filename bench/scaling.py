@@ -1,12 +1,12 @@
 """Question 5: data-parallel scaling. One process vs two (gloo, spawned) on the same global batch: SmartCLIP
 training-step time and the loss agreement.
 
-Each process holds `global_batch / world_size` pairs; the loss is the training plug-in's (`smartclip_train.losses`,
+Each process holds `global_batch / world_size` pairs; the loss is the training plug-in's (`smartclip_train.objectives`,
 which all-gathers the features so every rank computes the global batch's loss) and the model is wrapped in DDP when
 there are two processes. Both runs start from the same weights and see the same batch, so the first step's loss and
 gradient must agree up to float summation order; later steps may drift apart as updates amplify those differences.
 
-    python bench/scaling.py [--size mid] [--global-batch 64] [--quick]
+    python -m bench.scaling [--size mid] [--global-batch 64] [--quick]
 """
 
 import json
@@ -20,9 +20,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from common import Figure, main_for, parser, resolve_device, row, section, time_runs
-from smartclip_train.losses import build_loss
-from towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
+from .common import Figure, main_for, parser, resolve_device, row, section, time_runs
+from smartclip_train.objectives import build_objective
+from .towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
 
 
 def free_port() -> int:
@@ -46,7 +46,7 @@ def _worker(rank: int, world_size: int, port: int, settings: dict, out_path: str
         model.train()
         wrapped = DistributedDataParallel(model) if world_size > 1 else model
         optimizer = torch.optim.AdamW(model.parameters())
-        loss_fn = build_loss("smartclip")
+        loss_fn = build_objective("smartclip")
         losses, grad_norms = [], []
 
         def step() -> None:
@@ -112,7 +112,7 @@ def run(args) -> dict:
     notes = [
         f"SmartCLIP, towers {settings['size']}, captions of {settings['text_len']} tokens; {settings['threads']} "
         "torch thread(s) per process, so two processes use twice the cores; ideal ratio 0.5.",
-        "loss: smartclip_train.losses' 'smartclip' plug-in (features all-gathered with autograd), DDP over 2 ranks; "
+        "loss: smartclip_train.objectives' 'smartclip' plug-in (features all-gathered with autograd), DDP over 2 ranks; "
         "agreement: the first step (same weights, same global batch) compares the loss and the gradient norm after "
         "DDP's averaging; every later step's loss is listed too (updates can amplify float-order differences, e.g. "
         "when a mask probability sits at the 0.5 threshold).",

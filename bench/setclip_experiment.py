@@ -9,20 +9,22 @@ steps, batch size and supervised term (fixed temperature 0.05, `--setclip_base`)
   differ only by the added terms.
 
 Each trained model is scored on the scenes' test split (retrieval, zero-shot, the atomic probe with its held-out
-(shape, colour) pairs) and a markdown table is printed. A thin script over the trainer
-(`smartclip_train.train.parse_args` / `run_training`, with `SetCLIPArguments` as its fourth argument dataclass) and
-the evaluator (`smartclip_train.evaluate.evaluate_model`). Towers start from scratch (the trainer's defaults).
+(shape, colour) pairs) and a markdown table is printed. A thin script over Set-CLIP's trainer
+(`smartclip_methods.setclip.train.run_setclip_training`) and
+the evaluator (`smartclip_eval.evaluate.evaluate_model`). Towers start from scratch (the trainer's defaults).
 
-    python bench/setclip_experiment.py [--steps 3000] [--fractions 0.05 0.2 1.0] [--base clip|smartclip] [--quick]
+    python -m bench.setclip_experiment [--steps 3000] [--fractions 0.05 0.2 1.0] [--base clip|smartclip] [--quick]
 """
 
 import shutil
 
-from common import OUT_DIR, main_for, parser
-from smartclip_train import train as trainer
-from smartclip_train.data import builtin_scenes
-from smartclip_train.eval_data import scene_eval_sets
-from smartclip_train.evaluate import evaluate_model
+from smartclip_data.sources import builtin_scenes
+from smartclip_eval.evaluate import evaluate_model
+from smartclip_eval.sets import scene_eval_sets
+from smartclip_methods.setclip.train import SetCLIPArguments, run_setclip_training
+from smartclip_train.train import parse_args
+
+from .common import OUT_DIR, main_for, parser
 
 METHODS = ("pairs only", "Set-CLIP")
 # The table's columns: (set/metric key of evaluate_model, header).
@@ -37,7 +39,7 @@ COLUMNS = (
 
 
 def method_flags(method: str) -> list[str]:
-    """`smartclip-train` flags that make `method` out of the Set-CLIP loss (same supervised term in both)."""
+    """`smartclip-train-setclip` flags that make `method` out of the Set-CLIP loss (same supervised term in both)."""
     if method == "pairs only":
         off = ("sdd", "mmd", "image_ssl", "text_ssl")
         return ["--setclip_unpaired", "False"] + [flag for t in off for flag in (f"--setclip_{t}_weight", "0")]
@@ -45,22 +47,22 @@ def method_flags(method: str) -> list[str]:
 
 
 def train_flags(args, method: str, fraction: float, output_dir: str) -> list[str]:
-    """The full `smartclip-train` command line of one run."""
+    """The full `smartclip-train-setclip` command line of one run."""
     return [
         "--output_dir", output_dir, "--seed", str(args.seed),
         "--num_train_scenes", str(args.num_train), "--num_test_scenes", str(args.num_test),
         "--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.batch_size),
         "--learning_rate", str(args.learning_rate), "--save_strategy", "no", "--report_to", "none",
         "--logging_steps", str(max(args.steps // 10, 1)),
-        "--loss_type", "setclip", "--setclip_base", args.base, "--paired_fraction", str(fraction),
-        "--pair_share", str(1 / 3), *args.augment_flags.split(), *method_flags(method), *args.trainer_flags.split(),
+        "--setclip_base", args.base, "--setclip_paired_fraction", str(fraction),
+        "--setclip_pair_share", str(1 / 3), *args.augment_flags.split(), *method_flags(method), *args.trainer_flags.split(),
     ]
 
 
 def train_and_evaluate(flags: list[str], eval_sets: list, scorings: tuple[str, ...]) -> dict:
-    model_args, data_args, training_args, setclip_args = trainer.parse_args(flags)
-    report = trainer.run_training(
-        model_args, data_args, training_args, setclip_args=setclip_args,
+    model_args, data_args, training_args, setclip_args = parse_args(flags, extra_arguments=(SetCLIPArguments,))
+    report = run_setclip_training(
+        model_args, data_args, training_args, setclip_args,
         eval_fn=lambda model, processor: evaluate_model(model, processor, eval_sets, scorings, batch_size=256),
     )
     return report["evaluation"]
@@ -118,7 +120,8 @@ def arguments():
     p.add_argument("--seed", type=int, default=0, help="training seed of every run (the scenes use seed 0)")
     p.add_argument(
         "--augment_flags",
-        default="--augment_min_scale 0.6 --augment_flip_p 0 --augment_strength 0.25 --augment_grayscale_p 0",
+        default="--setclip_augment_min_scale 0.6 --setclip_augment_flip_p 0 --setclip_augment_strength 0.25 "
+        "--setclip_augment_grayscale_p 0",
         help="second-view augmentation: mild by default, since the scenes' captions name colours and sides",
     )
     p.add_argument("--trainer_flags", default="", help="extra smartclip-train flags, e.g. --model_name_or_path")

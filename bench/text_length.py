@@ -3,13 +3,13 @@
 Measured for `get_text_features` (the text tower) and `encode_text` (tower + mask head), on captions that fill every
 position (no padding). No goal: the ratio is what a caption of 248 tokens costs next to one of CLIP's 77.
 
-    python bench/text_length.py [--size mid] [--batch 64] [--quick]
+    python -m bench.text_length [--size mid] [--batch 64] [--quick]
 """
 
 import torch
 
-from common import count_flops, main_for, parser, resolve_device, row, section, time_runs
-from towers import add_tower_arguments, CLIP_TEXT_POSITIONS, build_models, build_processor, random_batch, tower_size
+from .common import count_flops, main_for, parser, resolve_device, row, section, time_runs
+from .towers import add_tower_arguments, CLIP_TEXT_POSITIONS, build_models, build_processor, random_batch, tower_size
 
 LONG = 248
 REPEATS = 7

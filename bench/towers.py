@@ -22,7 +22,7 @@ import torch
 from transformers import CLIPModel, CLIPVisionConfig
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
-from smartclip_train.scratch import scratch_clip_config, scratch_processor
+from smartclip_data.scratch import scratch_clip_config, scratch_processor
 
 CLIP_TEXT_POSITIONS = 77
 

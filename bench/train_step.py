@@ -3,13 +3,13 @@
 One step = zero the gradients, forward with `return_loss=True`, backward, AdamW step. SmartCLIP runs its mask head and
 the modular loss; `CLIPModel` runs CLIP's loss; towers, weights and inputs are identical. Goal: time ratio <= 1.05.
 
-    python bench/train_step.py [--size mid] [--batch 64 256] [--quick]
+    python -m bench.train_step [--size mid] [--batch 64 256] [--quick]
 """
 
 import torch
 
-from common import Goal, count_flops, main_for, parser, profile_difference, resolve_device, row, section, time_runs
-from towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
+from .common import Goal, count_flops, main_for, parser, profile_difference, resolve_device, row, section, time_runs
+from .towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
 
 GOAL = Goal(1.05, at_most=True)
 REPEATS = 7

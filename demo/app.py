@@ -101,7 +101,7 @@ def load_gallery_folder(folder: str | os.PathLike) -> Gallery:
 def builtin_gallery() -> Gallery | None:
     """The built-in test scenes when the training package is installed (not in a Space), else `None`."""
     try:
-        from smartclip_train.scenes import make_scenes
+        from smartclip_data.scenes import make_scenes
     except ImportError:
         return None
     scenes = make_scenes(num_train=0, num_test=BUILTIN_GALLERY_SIZE)["test"]  # the first scenes of the test split
@@ -221,7 +221,7 @@ class SmartCLIPDemo:
         embeds = []
         for start in range(0, len(images), ENCODE_BATCH):
             batch = self.processor.image_processor(images=images[start : start + ENCODE_BATCH], return_tensors="pt")
-            features = self.model.get_image_features(batch["pixel_values"].to(self.model.device, self.model.dtype))
+            features = self.model.get_image_features(batch["pixel_values"].to(self.model.device, self.model.dtype)).pooler_output
             embeds.append(features / features.norm(dim=-1, keepdim=True))
         return torch.cat(embeds)
 

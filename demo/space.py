@@ -54,7 +54,7 @@ def write_gallery(folder: Path, size: int) -> list[Path]:
     """`size` built-in test scenes as PNGs plus their captions, one per line, in `captions.txt`."""
     scenes = app.builtin_gallery()
     if scenes is None:
-        raise ValueError("The Space gallery needs the built-in scenes: install smartclip (smartclip_train).")
+        raise ValueError("The Space gallery needs the built-in scenes: install smartclip (smartclip_data).")
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(scenes.images[:size]):

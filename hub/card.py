@@ -1,12 +1,14 @@
-"""The model card of a pushed SmartCLIP: `MODEL_CARD.md` filled in from what the run recorded.
+"""The model card of a SmartCLIP folder: `model_card_template.md` (package data) filled in from what the run recorded.
 
-Only JSON is read (a results file, `training_args.json`, `trainer_state.json`), never a pickle, and no number goes on
+`smartclip-push` writes it into the folder it uploads; `write_model_card` writes the same card into a training
+output folder, so that the folder is Hub-ready as it is. Only JSON is read (a results file, `training_args.json`, `trainer_state.json`), never a pickle, and no number goes on
 the card that the run did not write: without a results file the card says so and has no `model-index`.
 """
 
 import json
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +18,37 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from modeling_smartclip import SmartCLIPConfig
 from modeling_smartclip.configuration_smartclip import SCORINGS
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "MODEL_CARD.md"
+from .auto_map import strip_foreign_auto_map
+
+TEMPLATE_PATH = Path(__file__).resolve().with_name("model_card_template.md")  # package data, also in a wheel
 NO_SCORING = "n/a"  # a number that does not depend on how pairs are scored (a mask density)
 COUNTS_KEY = "counts"  # smartclip-eval's sizes of the evaluation sets
 # Keys of training_args.json that name the base checkpoint or the data, by priority.
 BASE_MODEL_KEYS = ("base_model", "model_name_or_path", "clip_model_name_or_path", "pretrained_model_name_or_path")
 DATASET_KEYS = ("dataset_name", "dataset", "train_dataset")
-BUILTIN_DATASET = "the built-in synthetic scenes of `smartclip_train.scenes` (shapes and colours, 32x32)"
-SECRET_WORDS = ("token", "secret", "password", "api_key")
+BUILTIN_DATASET = "the built-in synthetic scenes of `smartclip_data.scenes` (shapes and colours, 32x32)"
+LOCAL_CHECKPOINT = "a local checkpoint (not published)"
+LOCAL_DATASET = "a local dataset (not published)"
+FROM_SCRATCH = "none (towers trained from scratch)"
+# Words of an argument's name that mark a credential (`hub_token`, `wandb.key`, `aws_access_key_id`).
+SECRET_NAME_WORDS = frozenset({"token", "secret", "password", "passwd", "key", "apikey", "credential", "credentials", "auth"})
+# Values that are credentials wherever they appear.
+SECRET_VALUES = tuple(
+    re.compile(pattern)
+    for pattern in (
+        r"\bhf_[A-Za-z0-9]{20,}",  # Hugging Face tokens
+        r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",  # AWS access key ids
+        r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@",  # URLs with user:password@
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----",  # PEM private keys
+        r"\b[0-9a-f]{40}\b",  # Weights & Biases API keys (also a git commit id: left out too)
+        r"\b(?:sk|pk|ghp|gho|ghs|glpat|xox[abp])[-_][A-Za-z0-9_-]{16,}",  # OpenAI, GitHub, GitLab, Slack tokens
+        # Long key-like strings: 32+ characters of base64's alphabet mixing upper case, lower case and digits ("-"
+        # and "_" end a run, so that hyphenated names such as run names are not taken for keys).
+        r"(?<![A-Za-z0-9+/=])(?=[A-Za-z0-9+/=]*[a-z])(?=[A-Za-z0-9+/=]*[A-Z])(?=[A-Za-z0-9+/=]*[0-9])[A-Za-z0-9+/=]{32,}",
+    )
+)
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")  # the Trainer's; its run folder holds what was saved once per run
 
 
 @dataclass(frozen=True)
@@ -166,12 +190,30 @@ def _is_local_path(value: object) -> bool:
     return isinstance(value, str) and (Path(value).is_absolute() or Path(value).exists())
 
 
-def read_run_record(folders: list[Path]) -> RunRecord:
-    """Training arguments, base checkpoint and data from `training_args.json` / `trainer_state.json` in `folders`.
+def looks_secret(key: str, value: object) -> bool:
+    """Whether an argument must stay off the card: its name says it is a credential (`hub_token`, `wandb.key`,
+    `aws_access_key_id`), or its value looks like one wherever it appears (`SECRET_VALUES`)."""
+    words = set(re.split(r"[^a-z0-9]+", key.lower()))
+    return bool(words & SECRET_NAME_WORDS) or any(pattern.search(str(value)) for pattern in SECRET_VALUES)
 
-    The first folder holding each file wins (a Trainer checkpoint, then its output folder). Left out of the card:
-    values that look like secrets (keys with token, secret, password, api_key) and local paths (keys ending in
-    `_dir`, absolute or existing paths), which say nothing to a reader of the Hub page.
+
+def _default_training_arguments() -> dict[str, object]:
+    """`TrainingArguments().to_sanitized_dict()`: what the card leaves out of the training section as unchanged."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(output_dir="unused", report_to="none").to_sanitized_dict()
+
+
+def read_run_record(folders: list[Path]) -> RunRecord:
+    """Arguments, base checkpoint and data from `training_args.json` / `trainer_state.json` in `folders`.
+
+    `training_args.json` is what `smartclip-train` writes: `{"model": ModelArguments, "data": DataArguments,
+    "training": TrainingArguments.to_sanitized_dict()}` (a flat object of arguments is read too). The base
+    checkpoint is `model.model_name_or_path` (`None`: towers trained from scratch), the data `data.dataset_name`
+    (`None`: the built-in scenes). The first folder holding each file wins (a Trainer checkpoint, then its output
+    folder). Left out of the card: credentials by name or by value (`looks_secret`), local paths (keys ending in
+    `_dir`, absolute or existing paths), which say nothing to a reader of the Hub page, and training arguments at
+    the Trainer's defaults.
     """
     record: dict[str, object] = {}
     for name in ("training_args.json", "trainer_state.json"):
@@ -182,39 +224,64 @@ def read_run_record(folders: list[Path]) -> RunRecord:
         if name == "trainer_state.json":  # only the run's extent; log_history is not a table of the card
             data = {key: data[key] for key in ("global_step", "epoch", "max_steps", "train_batch_size") if key in data}
         record.update(_flatten(data))
-    record = {
+
+    if any(key.startswith("training.") for key in record):
+        defaults = _default_training_arguments()
+        record = {
+            key: value
+            for key, value in record.items()
+            if not (key.startswith("training.") and defaults.get(key.removeprefix("training."), object()) == value)
+        }
+    secrets = sorted(key for key, value in record.items() if looks_secret(key, value))
+    if secrets:
+        warnings.warn(f"Left out of the model card, as they look like credentials: {', '.join(secrets)}.", stacklevel=2)
+    shown = {
         key: value
         for key, value in record.items()
-        if not any(word in key.lower() for word in SECRET_WORDS)
-        and not key.lower().endswith("_dir")
-        and not _is_local_path(value)
+        if key not in secrets and not key.lower().endswith("_dir") and not _is_local_path(value)
     }
-    rows = [(key, str(value).replace("|", "\\|")) for key, value in record.items() if value not in (None, "", [], {})]
+    rows = [(key, str(value).replace("|", "\\|")) for key, value in shown.items() if value not in (None, "", [], {})]
 
-    def first(keys: tuple[str, ...]) -> str | None:
+    def describe(keys: tuple[str, ...], local: str, unset: str | None) -> str | None:
+        """The first recorded value of `keys`: `unset` if it is `None`, `local` for a local path, `None` if absent
+        or secret."""
         for wanted in keys:
             for key, value in record.items():
-                if key.rsplit(".", 1)[-1] == wanted and isinstance(value, str) and value:
-                    return value
+                if key.rsplit(".", 1)[-1] != wanted or not (value is None or isinstance(value, str)):
+                    continue
+                if key in secrets:
+                    return None
+                return unset if value in (None, "") else local if _is_local_path(value) else value
         return None
 
-    dataset = first(DATASET_KEYS)
-    if dataset is None and any(key.rsplit(".", 1)[-1] == "dataset_name" for key in record):
-        dataset = BUILTIN_DATASET  # smartclip-train's --dataset_name None means the built-in scenes
-    return RunRecord(training_rows=rows, base_model=first(BASE_MODEL_KEYS), dataset=dataset)
+    # smartclip-train's `--model_name_or_path None` builds small towers, its `--dataset_name None` uses the scenes.
+    return RunRecord(
+        training_rows=rows,
+        base_model=describe(BASE_MODEL_KEYS, LOCAL_CHECKPOINT, FROM_SCRATCH),
+        dataset=describe(DATASET_KEYS, LOCAL_DATASET, BUILTIN_DATASET),
+    )
 
 
 # ----- card -----------------------------------------------------------------------------------------------------
 
 
+CLASSIFICATION = ("zero-shot-image-classification", "Zero-shot image classification")
+RETRIEVAL = ("image-text-retrieval", "Image-text retrieval")
+OTHER = ("other", "Other measurements")
+# The metric's own name (the last part of its path) says what it measures; a group name ("scenes_zeroshot/")
+# does not. Names of smartclip-eval and of CLIP_benchmark.
+CLASSIFICATION_METRIC = re.compile(r"(acc|accuracy|top-?)\d*(_.+)?|mean_per_class_recall|balanced_acc\w*")
+RETRIEVAL_METRIC = re.compile(r"((t2i|i2t)_)?r@\d+|(image|text)_retrieval_recall@\d+|recall@\d+|m?ap@\d+")
+
+
 def _task(metric: str) -> tuple[str, str]:
-    """The model-index task a metric belongs to, from its name."""
-    name = metric.lower()
-    if any(word in name for word in ("zero", "atomic", "top1", "top5", "top-1", "top-5")):
-        return "zero-shot-image-classification", "Zero-shot image classification"
-    if any(word in name for word in ("r@", "recall", "retrieval", "t2i", "i2t")):
-        return "image-text-retrieval", "Image-text retrieval"
-    return "other", "Other measurements"
+    """The model-index task of a metric, from what its own name measures: `(task type, task name)`."""
+    name = metric.rsplit("/", 1)[-1].lower()
+    if CLASSIFICATION_METRIC.fullmatch(name):
+        return CLASSIFICATION
+    if RETRIEVAL_METRIC.fullmatch(name):
+        return RETRIEVAL
+    return OTHER
 
 
 def eval_results(measurements: list[Measurement], model_key: str | None, dataset: str) -> list[EvalResult]:
@@ -275,7 +342,7 @@ def build_model_card(
     license: str = "apache-2.0",
     template_path: str | Path = TEMPLATE_PATH,
 ) -> ModelCard:
-    """Fills `template_path` (Jinja2, default `MODEL_CARD.md`) for the model pushed to `repo_id`.
+    """Fills `template_path` (Jinja2, default `model_card_template.md`) for the model pushed to `repo_id`.
 
     Args:
         config: the pushed model's configuration (scoring, embedding width, text positions).
@@ -315,6 +382,39 @@ def build_model_card(
     )
 
 
+def run_folders(model_dir: Path) -> list[Path]:
+    """`model_dir`, then its run folder if it is a Trainer `checkpoint-N` (what is saved once per run is there)."""
+    return [model_dir, model_dir.parent] if CHECKPOINT_NAME.fullmatch(model_dir.name) else [model_dir]
+
+
+def write_model_card(
+    model_dir: str | Path, results: str | Path | dict | None = None, *, repo_id: str | None = None
+) -> Path:
+    """Writes into `model_dir` the `README.md` card that `smartclip-push` would upload with it; returns its path.
+
+    Called at the end of a training run, so that the output folder is Hub-ready as it is. The card is filled from
+    the folder's `config.json` and `training_args.json` (see `read_run_record`) and `results` (a results file or
+    the same object, as `parse_results` reads it; `None`: the card says no results were recorded). The folder's
+    JSON files keep only this package's own `auto_map` entries (`strip_foreign_auto_map` warns about any other).
+    `repo_id` names the model in the card's code; default `<your-namespace>/<folder name>`.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{model_dir} is not a saved model folder: it has no config.json.")
+    config = SmartCLIPConfig.from_pretrained(model_dir)
+    if isinstance(results, dict):
+        measurements, model_key = parse_results(results)
+    else:
+        measurements, model_key = read_results(results) if results is not None else (None, None)
+    card = build_model_card(
+        repo_id or f"<your-namespace>/{model_dir.resolve().name}", config, read_run_record(run_folders(model_dir)),
+        measurements, model_key,
+    )
+    strip_foreign_auto_map(model_dir)
+    card.save(model_dir / "README.md")
+    return model_dir / "README.md"
+
+
 __all__ = [
     "Measurement",
     "RunRecord",
@@ -324,4 +424,6 @@ __all__ = [
     "read_results",
     "read_run_record",
     "results_table",
+    "run_folders",
+    "write_model_card",
 ]

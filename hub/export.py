@@ -14,9 +14,8 @@ from pathlib import Path
 
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-from modeling_smartclip import SmartCLIPConfig, SmartCLIPModel
+from modeling_smartclip import SmartCLIPConfig, SmartCLIPModel, SmartCLIPProcessor
 
-from .loading import load_processor
 
 TEXT_WEIGHTS = ("text_model.", "text_projection.")
 SMARTCLIP_TOKENIZER_KEYS = ("processor_class", "auto_map")
@@ -50,7 +49,7 @@ def export_text_encoder(model_dir: str | Path, out_dir: str | Path) -> list[str]
     """
     out_dir = Path(out_dir)
     model = SmartCLIPModel.from_pretrained(model_dir)
-    tokenizer = load_processor(model_dir).tokenizer
+    tokenizer = SmartCLIPProcessor.from_pretrained(model_dir).tokenizer
     positions = model.config.text_config.max_position_embeddings
     if tokenizer.model_max_length > positions:
         raise ValueError(

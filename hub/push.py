@@ -21,10 +21,9 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HTTPError
 from huggingface_hub.utils import validate_repo_id
 
-from modeling_smartclip import SmartCLIPModel
+from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 
 from .card import TEMPLATE_PATH, build_model_card, read_results, read_run_record
-from .loading import load_processor
 
 PROCESSOR_FILE = "processor_config.json"
 CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")  # the Trainer's; its run folder holds what was saved once per run
@@ -96,7 +95,7 @@ def stage_model(
 
     model = SmartCLIPModel.from_pretrained(source)  # safetensors; the code files and auto_map come with the save
     model.save_pretrained(staging_dir)
-    load_processor(processor_dir).save_pretrained(staging_dir)
+    SmartCLIPProcessor.from_pretrained(processor_dir).save_pretrained(staging_dir)
     for plot in plot_paths:
         (staging_dir / "plots").mkdir(exist_ok=True)
         shutil.copyfile(plot, staging_dir / "plots" / plot.name)

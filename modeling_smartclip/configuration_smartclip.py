@@ -1,11 +1,15 @@
 """SmartCLIP configuration: a CLIP configuration plus the mask head, the loss and the scoring."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
 SCORINGS = ("plain", "modular")
 MASK_POOLINGS = ("attention", "union")
 LOSS_TYPES = ("smartclip", "clip")
+# Fields that shape the mask head's weights: a saved head only fits the values it was built with.
+HEAD_ARCHITECTURE_FIELDS = ("mask_pooling", "mask_hidden_size", "mask_num_attention_heads", "mask_intermediate_size")
 
 
 @strict
@@ -39,6 +43,10 @@ class SmartCLIPConfig(CLIPConfig):
             Weight of the masked contrastive term (the paper reports it robust from 0.1 to 20).
         lambda_sparsity (`float`, defaults to 0.01):
             Weight of the mean soft mask (L1) term.
+        mask_head_trained (`bool`, defaults to `False`):
+            Whether the mask head has been trained (set by the trainer for objectives that train it). Evaluation
+            reads it to choose its default scorings: an untrained head's masks are noise. `loss_type` only says what
+            `forward(return_loss=True)` computes.
     """
 
     model_type = "smartclip"
@@ -52,6 +60,7 @@ class SmartCLIPConfig(CLIPConfig):
     loss_type: str = "smartclip"
     lambda_align: float = 1.0
     lambda_sparsity: float = 0.01
+    mask_head_trained: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -64,6 +73,14 @@ class SmartCLIPConfig(CLIPConfig):
                 raise ValueError(f"SmartCLIPConfig.{name}={getattr(self, name)!r}; expected one of {allowed}.")
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"SmartCLIPConfig.mask_threshold={self.mask_threshold}; expected a value in (0, 1).")
+        for name in ("lambda_align", "lambda_sparsity"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"SmartCLIPConfig.{name}={getattr(self, name)}; expected a finite value >= 0.")
+        # `None` means "the text tower's value"; 0 is not a silent alias of it.
+        for name in ("projection_dim", "mask_hidden_size", "mask_num_attention_heads", "mask_intermediate_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"SmartCLIPConfig.{name}={value}; expected a positive integer.")
         width = self.mask_hidden_size or self.text_config.hidden_size
         heads = self.mask_num_attention_heads or self.text_config.num_attention_heads
         if width % heads:
@@ -77,10 +94,21 @@ class SmartCLIPConfig(CLIPConfig):
                 f"This checkpoint is a `{model_type}` model, not `{cls.model_type}`. Convert a CLIP checkpoint with "
                 "`SmartCLIPModel.from_clip(path_or_repo_id)`."
             )
+        changed = {
+            name: (config_dict.get(name, cls.__dataclass_fields__[name].default), kwargs[name])
+            for name in HEAD_ARCHITECTURE_FIELDS
+            if name in kwargs and kwargs[name] != config_dict.get(name, cls.__dataclass_fields__[name].default)
+        }
+        if changed:
+            raise ValueError(
+                "The mask head's architecture cannot be overridden when loading a saved SmartCLIP (its weights were "
+                f"built for the saved values): {', '.join(f'{k}: saved {v[0]!r}, asked {v[1]!r}' for k, v in changed.items())}. "
+                "Convert the CLIP checkpoint again with `SmartCLIPModel.from_clip(clip, **head_fields)`."
+            )
         loaded = super().from_dict(config_dict, **kwargs)
         config = loaded[0] if isinstance(loaded, tuple) else loaded
         config.check_fields()  # load-time overrides are set after construction
         return loaded
 
 
-__all__ = ["SmartCLIPConfig"]
+__all__ = ["SmartCLIPConfig", "SCORINGS"]

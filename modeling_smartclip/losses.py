@@ -1,21 +1,66 @@
 """Losses as small pure functions, so the model (one process) and the trainer (features gathered from every rank)
-compute them with the same code."""
+compute them with the same code.
+
+Each loss takes the `(B, D)` features of the whole batch (gathered from every rank by the trainer). For open_clip's
+*local* loss (github.com/mlfoundations/open_clip, src/open_clip/loss.py, `ClipLoss(local_loss=True)`), a rank passes
+its own `(b, D)` features, the gathered ones as `all_*` and where its rows start in them (`label_offset`): it scores
+its captions against every image and its images against every caption, `O(b x B)` instead of `O(B x B)`. Averaged
+over ranks (DDP averages the gradients) this is the global loss, gradients included, when ranks hold equal batches.
+"""
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from .masking import masked_similarity
 
-
-def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
-    """Symmetric cross-entropy of a `(n, n)` logit matrix whose diagonal holds the positive pairs."""
-    labels = torch.arange(len(logits_per_text), device=logits_per_text.device)
-    return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_text.T, labels)) / 2
+# CLIP caps the temperature at 100 (Radford et al. 2021, Sec. 2.5; open_clip clamps `logit_scale` to ln 100):
+# beyond it the logits overflow the softmax (exp(89) is inf in float32).
+MAX_LOGIT_SCALE = math.log(100)
 
 
-def clip_loss(text_embeds: torch.Tensor, image_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """CLIP's loss on unit-norm `(B, D)` embeddings; `logit_scale` is the log-temperature parameter."""
-    return contrastive_loss(logit_scale.exp() * text_embeds @ image_embeds.T)
+def scale_from_log(logit_scale: torch.Tensor) -> torch.Tensor:
+    """`exp(logit_scale)` with `logit_scale` clamped at ln 100 (no gradient beyond it, as CLIP's clamp)."""
+    return logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+
+
+def contrastive_loss(
+    logits_per_text: torch.Tensor, logits_per_image: torch.Tensor | None = None, label_offset: int = 0
+) -> torch.Tensor:
+    """Symmetric cross-entropy: `(CE(logits_per_text) + CE(logits_per_image)) / 2`.
+
+    Args:
+        logits_per_text: `(b, B)`, caption i's logits over all images; its positive is image `label_offset + i`.
+        logits_per_image: `(b, B)`, image i's logits over all captions; `None` means `logits_per_text.T` (a square
+            matrix of the whole batch).
+        label_offset: index of the first local row in the gathered batch (the local loss).
+    """
+    if logits_per_image is None:
+        logits_per_image = logits_per_text.T
+    labels = torch.arange(len(logits_per_text), device=logits_per_text.device) + label_offset
+    return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_image, labels)) / 2
+
+
+def clip_loss(
+    text_embeds: torch.Tensor,
+    image_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    all_text_embeds: torch.Tensor | None = None,
+    all_image_embeds: torch.Tensor | None = None,
+    label_offset: int = 0,
+) -> torch.Tensor:
+    """CLIP's loss on unit-norm `(b, D)` embeddings; `logit_scale` is the log-temperature parameter.
+
+    `all_text_embeds` / `all_image_embeds` (`(B, D)`, every rank's, this rank's at `label_offset`) make it the
+    local loss; `None` means the local batch is the whole batch.
+    """
+    scale = scale_from_log(logit_scale)
+    if all_text_embeds is None:
+        return contrastive_loss((scale * text_embeds) @ image_embeds.T)  # scale on the (B, D) side
+    logits_per_text = (scale * text_embeds) @ all_image_embeds.T  # (b, B)
+    logits_per_image = (scale * image_embeds) @ all_text_embeds.T  # (b, B)
+    return contrastive_loss(logits_per_text, logits_per_image, label_offset)
 
 
 def modular_loss(
@@ -26,16 +71,27 @@ def modular_loss(
     logit_scale: torch.Tensor,
     lambda_align: float = 1.0,
     lambda_sparsity: float = 0.01,
+    all_text_embeds: torch.Tensor | None = None,
+    all_image_embeds: torch.Tensor | None = None,
+    all_text_masks: torch.Tensor | None = None,
+    label_offset: int = 0,
 ) -> torch.Tensor:
     """SmartCLIP's loss (Eq. 9): `lambda_align * (CE over rows + CE over columns) / 2 + lambda_sparsity * mean(probs)`.
 
     Row b of the logits scores caption b against every image seen through caption b's own mask, so its
-    cross-entropy is `L_ctrT` (Eq. 6-7) and the column cross-entropy is `L_ctrI` (Eq. 5). All inputs are `(B, D)`.
+    cross-entropy is `L_ctrT` (Eq. 6-7) and the column cross-entropy is `L_ctrI` (Eq. 5). All inputs are `(b, D)`.
     The sparsity term averages the soft mask over batch and dimensions (the paper's L1 norm, scaled so its weight
-    does not depend on `D`).
+    does not depend on `D`). `all_text_embeds`, `all_image_embeds`, `all_text_masks` (`(B, D)`, every rank's) make
+    it the local loss (module docstring); each rank's sparsity term is then its own captions' mean.
     """
-    logits_per_text = logit_scale.exp() * masked_similarity(text_embeds, image_embeds, text_masks)
-    return lambda_align * contrastive_loss(logits_per_text) + lambda_sparsity * text_mask_probs.mean()
+    scale = scale_from_log(logit_scale)
+    if all_text_embeds is None:
+        align = contrastive_loss(masked_similarity(text_embeds, image_embeds, text_masks, scale=scale))
+    else:
+        logits_per_text = masked_similarity(text_embeds, all_image_embeds, text_masks, scale=scale)  # (b, B)
+        logits_per_image = masked_similarity(all_text_embeds, image_embeds, all_text_masks, scale=scale).T  # (b, B)
+        align = contrastive_loss(logits_per_text, logits_per_image, label_offset)
+    return lambda_align * align + lambda_sparsity * text_mask_probs.mean()
 
 
-__all__ = ["contrastive_loss", "clip_loss", "modular_loss"]
+__all__ = ["MAX_LOGIT_SCALE", "clip_loss", "contrastive_loss", "modular_loss", "scale_from_log"]

@@ -9,7 +9,7 @@ from torch import nn
 from transformers import CLIPTextConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from .configuration_smartclip import SmartCLIPConfig
+from .configuration_smartclip import SCORINGS, SmartCLIPConfig
 
 # Floor of a masked image's squared norm: an all-zero mask scores 0 with a finite gradient (not 1e18).
 EMPTY_MASK_EPS = 1e-6
@@ -36,7 +36,8 @@ class SmartCLIPMaskHead(nn.Module):
             hidden_act=config.text_config.hidden_act,
             layer_norm_eps=config.text_config.layer_norm_eps,
         )
-        block_config._attn_implementation = "sdpa"
+        # The block follows the text tower's attention implementation (`SmartCLIPModel.set_attn_implementation`).
+        block_config._attn_implementation = config.text_config._attn_implementation or "sdpa"
         self.threshold = config.mask_threshold
         self.pooling = config.mask_pooling
         self.input_projection = nn.Linear(text_width, width) if width != text_width else nn.Identity()
@@ -80,15 +81,43 @@ class SmartCLIPMaskHead(nn.Module):
         return mask, probs
 
 
+class _MaskedCosine(torch.autograd.Function):
+    """`S = (A @ I^T) * rsqrt(M @ J^T)` for masked captions `A`, images `I`, masks `M` and squared images `J`, all
+    `(n, D)`. Autograd would keep four `(n_text, n_image)` tensors for backward; this keeps one (the inverse masked
+    norm) and recomputes the numerator in backward (one more matmul)."""
+
+    @staticmethod
+    def forward(ctx, masked_text, image_embeds, text_masks, image_embeds_squared):
+        inverse_norm = (text_masks @ image_embeds_squared.T).clamp_min_(EMPTY_MASK_EPS).rsqrt_()  # (n_text, n_image)
+        ctx.save_for_backward(masked_text, image_embeds, text_masks, image_embeds_squared, inverse_norm)
+        return (masked_text @ image_embeds.T).mul_(inverse_norm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        masked_text, image_embeds, text_masks, image_embeds_squared, inverse_norm = ctx.saved_tensors
+        grad_numerator = grad * inverse_norm  # dS/dN = P^(-1/2)
+        # dS/dP = -N P^(-3/2) / 2, in the recomputed numerator's memory; 0 where the clamp held P at its floor.
+        grad_norm_sq = (masked_text @ image_embeds.T).mul_(grad_numerator).mul_(inverse_norm).mul_(inverse_norm)
+        clamped = inverse_norm >= inverse_norm.new_tensor(EMPTY_MASK_EPS).rsqrt()
+        grad_norm_sq.mul_(-0.5).masked_fill_(clamped, 0.0)  # (n_text, n_image)
+        return (
+            grad_numerator @ image_embeds,  # (n_text, D)
+            grad_numerator.T @ masked_text,  # (n_image, D)
+            grad_norm_sq @ image_embeds_squared,  # (n_text, D)
+            grad_norm_sq.T @ text_masks,  # (n_image, D)
+        )
+
+
 def masked_similarity(
     text_embeds: torch.Tensor,
     image_embeds: torch.Tensor,
     text_masks: torch.Tensor,
     chunk_size: int | None = None,
     image_embeds_squared: torch.Tensor | None = None,
+    scale: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """`cos(image_b * mask_a, text_a)` for every caption a and image b; the one implementation that the loss,
-    `forward`'s modular logits and the retrieval helper all call.
+    """`scale * cos(image_b * mask_a, text_a)` for every caption a and image b; the one implementation that the
+    loss, `forward`'s modular logits and the retrieval helper all call.
 
     Args:
         text_embeds: `(n_text, D)` caption embeddings (any norm).
@@ -97,6 +126,8 @@ def masked_similarity(
         chunk_size: captions per block when no gradient is needed (inference): besides the output, at most one
             `(chunk_size, n_image)` block is built at a time.
         image_embeds_squared: `image_embeds ** 2`, if a gallery already holds it.
+        scale: a factor (e.g. `exp(logit_scale)`), applied to the `(n_text, D)` captions so that its gradient needs
+            no `(n_text, n_image)` tensor.
 
     Returns:
         `(n_text, n_image)` masked cosine similarities. No `(n_text, n_image, D)` tensor is built: the numerator is
@@ -105,10 +136,11 @@ def masked_similarity(
     if image_embeds_squared is None:
         image_embeds_squared = image_embeds.square()  # (n_image, D)
     masked_text = text_embeds * text_masks / text_embeds.norm(dim=-1, keepdim=True)  # (n_text, D)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (text_embeds, image_embeds, text_masks)):
-        # Training: out-of-place ops for autograd, on a batch-sized (B, B) block.
-        masked_image_norm_sq = text_masks @ image_embeds_squared.T  # (n_text, n_image)
-        return (masked_text @ image_embeds.T) * masked_image_norm_sq.clamp_min(EMPTY_MASK_EPS).rsqrt()
+    if scale is not None:
+        masked_text = masked_text * scale
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (masked_text, image_embeds, image_embeds_squared)):
+        # Training: one (n_text, n_image) tensor kept for backward.
+        return _MaskedCosine.apply(masked_text, image_embeds, text_masks, image_embeds_squared)
 
     # Inference: each block is written once into the output and scaled in place.
     similarity = masked_text.new_empty(len(text_embeds), len(image_embeds))
@@ -128,14 +160,16 @@ def similarity(
     scoring: str,
     chunk_size: int | None = None,
     image_embeds_squared: torch.Tensor | None = None,
+    scale: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """`(n_text, n_image)` cosine similarities of unit-norm embeddings under `scoring`: `"plain"` (CLIP's) or
-    `"modular"` (`masked_similarity`; the other arguments are its own)."""
+    """`(n_text, n_image)` cosine similarities of unit-norm embeddings under `scoring`, times `scale` if given:
+    `"plain"` (CLIP's; `text_masks` may be `None`) or `"modular"` (`masked_similarity`, whose arguments the others
+    are)."""
     if scoring == "plain":
-        return text_embeds @ image_embeds.T
+        return (text_embeds if scale is None else scale * text_embeds) @ image_embeds.T
     if scoring == "modular":
-        return masked_similarity(text_embeds, image_embeds, text_masks, chunk_size, image_embeds_squared)
-    raise ValueError(f"scoring={scoring!r}; expected 'plain' or 'modular'.")
+        return masked_similarity(text_embeds, image_embeds, text_masks, chunk_size, image_embeds_squared, scale)
+    raise ValueError(f"scoring={scoring!r}; expected one of {SCORINGS}.")
 
 
 __all__ = ["SmartCLIPMaskHead", "masked_similarity", "similarity"]

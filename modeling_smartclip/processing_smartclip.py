@@ -11,48 +11,72 @@ LONG_TEXT_POSITIONS = 248
 class SmartCLIPProcessor(ProcessorMixin):
     """Wraps a CLIP image processor and tokenizer.
 
-    Captions are tokenized with truncation to the tokenizer's `model_max_length` (248 after `from_clip`), which keeps
-    the end-of-text token; a warning names each caption that was cut. An empty caption is an error rather than a
-    silent all-padding sequence.
+    Captions are tokenized once, truncated to `LONG_TEXT_POSITIONS` (248) tokens keeping the end-of-text token; a
+    warning names each caption that was cut. The limit is SmartCLIP's, not the tokenizer's `model_max_length`:
+    `SmartCLIPModel.from_clip` gives every model 248 text positions, while a plain CLIP folder's tokenizer says 77
+    and a tokenizer built offline says 10^30 (and the model truncates anything longer itself). The tokenizer's
+    `model_max_length` is set to the same limit, so callers of the tokenizer alone (the zero-shot pipeline) agree.
+    An empty caption, or an empty list of captions or images, is an error rather than a silent empty batch.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer)
+        if self.tokenizer is not None:
+            self.tokenizer.model_max_length = LONG_TEXT_POSITIONS
 
     @classmethod
-    def from_clip(cls, clip_processor_or_path: "CLIPProcessor | str | PathLike") -> "SmartCLIPProcessor":
-        """A SmartCLIP processor from a CLIP processor (object, folder or Hub id), its tokenizer set to 248 tokens."""
+    def from_clip(cls, clip_processor_or_path: "CLIPProcessor | str | PathLike", **kwargs) -> "SmartCLIPProcessor":
+        """A SmartCLIP processor from a CLIP processor (object, folder or Hub id). Keyword arguments (`token`,
+        `revision`, `cache_dir`, `local_files_only`, ...) go to `CLIPProcessor.from_pretrained`."""
         clip = clip_processor_or_path
         if not isinstance(clip, ProcessorMixin):
-            clip = CLIPProcessor.from_pretrained(clip)
-        clip.tokenizer.model_max_length = LONG_TEXT_POSITIONS
+            clip = CLIPProcessor.from_pretrained(clip, **kwargs)
+        elif kwargs:
+            raise ValueError(f"from_clip got a loaded processor and loader arguments {sorted(kwargs)}.")
         return cls(image_processor=clip.image_processor, tokenizer=clip.tokenizer)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         # The folder's `auto_map` points at this very class: no need to ask whether to run the folder's code.
         kwargs.setdefault("trust_remote_code", False)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # transformers keeps these load-time options in the tokenizer's init_kwargs and would write them into
+        # tokenizer_config.json on the next save_pretrained.
+        for key in ("is_local", "local_files_only"):
+            processor.tokenizer.init_kwargs.pop(key, None)
+        return processor
 
     def __call__(self, images=None, text=None, **kwargs):
-        if text is not None:
-            captions = [text] if isinstance(text, str) else list(text)
-            empty = [i for i, caption in enumerate(captions) if not isinstance(caption, str) or not caption.strip()]
-            if empty:
-                raise ValueError(f"SmartCLIPProcessor: captions at positions {empty} are empty or not strings.")
-            limit = self.tokenizer.model_max_length
-            lengths = [len(ids) for ids in self.tokenizer(captions)["input_ids"]]
-            cut = [i for i, length in enumerate(lengths) if length > limit]
-            if cut:
-                warnings.warn(
-                    f"SmartCLIPProcessor: captions at positions {cut} are longer than {limit} tokens "
-                    f"({[lengths[i] for i in cut]}); truncated, keeping the end-of-text token.",
-                    stacklevel=2,
-                )
-            kwargs.setdefault("truncation", True)
-            kwargs.setdefault("max_length", limit)
-            text = captions
-        return super().__call__(images=images, text=text, **kwargs)
+        if isinstance(images, (list, tuple)) and not images:
+            raise ValueError("SmartCLIPProcessor: images=[] holds no images; pass at least one, or images=None.")
+        if text is None or kwargs.get("truncation") is False:
+            return super().__call__(images=images, text=text, **kwargs)
+        captions = [text] if isinstance(text, str) else list(text)
+        if not captions:
+            raise ValueError("SmartCLIPProcessor: text=[] holds no captions; pass at least one, or text=None.")
+        empty = [i for i, caption in enumerate(captions) if not isinstance(caption, str) or not caption.strip()]
+        if empty:
+            raise ValueError(f"SmartCLIPProcessor: captions at positions {empty} are empty or not strings.")
+        limit = min(kwargs.pop("max_length", None) or LONG_TEXT_POSITIONS, LONG_TEXT_POSITIONS)
+        # One tokenization, one token longer than the limit: a caption that reaches limit + 1 tokens was cut.
+        outputs = super().__call__(images=images, text=captions, truncation=True, max_length=limit + 1, **kwargs)
+        lengths = [int(sum(row)) for row in outputs["attention_mask"]] if "attention_mask" in outputs else [
+            len(row) for row in outputs["input_ids"]
+        ]
+        cut = [i for i, length in enumerate(lengths) if length > limit]
+        if not cut:
+            return outputs
+        warnings.warn(
+            f"SmartCLIPProcessor: captions at positions {cut} are longer than {limit} tokens; truncated, keeping the "
+            "end-of-text token.",
+            stacklevel=2,
+        )
+        for key in ("input_ids", "attention_mask") if "attention_mask" in outputs else ("input_ids",):
+            rows = outputs[key]
+            outputs[key] = rows[:, :limit] if hasattr(rows, "shape") else [row[:limit] for row in rows]
+        for i in cut:
+            outputs["input_ids"][i][limit - 1] = self.tokenizer.eos_token_id
+        return outputs
 
     def to_dict(self) -> dict:
         output = super().to_dict()

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from transformers import CLIPModel
 
-from smartclip_train.scratch import scratch_clip_config, scratch_processor
+from smartclip_data.scratch import scratch_clip_config, scratch_processor
 
 torch.set_num_threads(1)  # 2 cores run pytest and the spawned processes of some tests
 

@@ -15,7 +15,7 @@ import torch
 
 from modeling_smartclip import SmartCLIPModel
 from smartclip_demo.app import SmartCLIPDemo, build_app, load_gallery_folder, serve
-from smartclip_train.scenes import COLOURS, SHAPES, make_scene
+from smartclip_data.scenes import COLOURS, SHAPES, make_scene
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost", "::ffff:127.0.0.1"}
 # Gradio's queue statistics call pandas options that pandas 3 deprecates; the warnings are Gradio's, not the demo's.

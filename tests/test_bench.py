@@ -17,10 +17,9 @@ BENCHMARKS = ("train_step", "loss", "inference", "text_length", "scaling", "accu
 
 
 @pytest.fixture
-def bench(monkeypatch):
-    """Imports a benchmark module the way the scripts import each other (from the bench folder)."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    return importlib.import_module
+def bench():
+    """Imports a benchmark module by name, as `python -m bench.<name>` runs it."""
+    return lambda name: importlib.import_module(f"bench.{name}")
 
 
 def fake_compare_results(path: Path) -> Path:
@@ -43,7 +42,7 @@ def test_quick_run_writes_every_benchmark(tmp_path):
     results_file = fake_compare_results(tmp_path / "compare.json")
     out = tmp_path / "bench"
     completed = subprocess.run(
-        [sys.executable, "bench/run_all.py", "--quick", "--out-dir", str(out), "--results", str(results_file)],
+        [sys.executable, "-m", "bench.run_all", "--quick", "--out-dir", str(out), "--results", str(results_file)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -93,7 +92,7 @@ def test_quick_run_writes_every_benchmark(tmp_path):
     assert markdown.count("| figure |") == 6
 
     # re-running one benchmark keeps the others' results
-    rerun = [sys.executable, "bench/run_all.py", "--quick", "--out-dir", str(out), "--only", "accuracy",
+    rerun = [sys.executable, "-m", "bench.run_all", "--quick", "--out-dir", str(out), "--only", "accuracy",
              "--results", str(tmp_path / "missing.json")]
     assert subprocess.run(rerun, cwd=REPO, capture_output=True, text=True, timeout=120).returncode == 0
     rerun_sections = {s["name"]: s for s in json.loads((out / "results.json").read_text())["benchmarks"]}

@@ -4,7 +4,7 @@ import json
 
 from transformers import AutoModel
 
-from smartclip_train.compare import FINETUNE_ARMS, SCRATCH_ARMS, main
+from smartclip_experiments.compare import FINETUNE_ARMS, SCRATCH_ARMS, main
 
 
 def test_compare_quick_run_writes_results_plots_and_a_hub_ready_model(tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from modeling_smartclip import SmartCLIPModel
-from smartclip_train.data import DataArguments, DropCounter, load_image, load_split
+from smartclip_data.sources import DataArguments, DropCounter, load_image, load_split
 from smartclip_train.train import main
 
 

@@ -287,7 +287,7 @@ def test_space_folder_is_complete_and_holds_no_weights_or_secrets(tmp_path, monk
 
     # Every package app.py imports is in requirements.txt (the training package is optional there).
     requirements = {re.split("[<>=]", line)[0] for line in (space / "requirements.txt").read_text().split()}
-    needed = third_party_imports((space / "app.py").read_text()) - {"smartclip_train"}
+    needed = third_party_imports((space / "app.py").read_text()) - {"smartclip_data"}
     assert {"pillow" if name == "PIL" else name for name in needed} <= requirements
     assert {"torch", "transformers", "gradio"} <= requirements
 

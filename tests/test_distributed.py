@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPModel
 
 from modeling_smartclip import SmartCLIPModel
-from smartclip_train.losses import build_loss
-from smartclip_train.scratch import scratch_clip_config, scratch_processor
+from smartclip_train.objectives import build_objective
+from smartclip_data.scratch import scratch_clip_config, scratch_processor
 
 WORLD_SIZE = 2
 PER_RANK = 3
@@ -37,7 +37,7 @@ def tiny_model_and_batch() -> tuple[SmartCLIPModel, dict]:
 def loss_and_grads(model: SmartCLIPModel, loss_name: str, batch: dict) -> dict[str, torch.Tensor]:
     """One forward and backward through the training-loss plug-in: `{"loss": ..., <param name>: grad, ...}`."""
     model.zero_grad(set_to_none=True)
-    loss, _ = build_loss(loss_name)(model, model(**batch), batch)
+    loss, _ = build_objective(loss_name)(model, model(**batch), batch)
     loss.backward()
     grads = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
     return {"loss": loss.detach().reshape(1), **grads}

@@ -10,7 +10,7 @@ from datasets import ClassLabel, Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 
 from modeling_smartclip import SmartCLIPModel
-from smartclip_train.eval_data import (
+from smartclip_eval.sets import (
     SCENE_CLASSES,
     atomic_probe_set,
     classification_set_from_dataset,
@@ -20,8 +20,8 @@ from smartclip_train.eval_data import (
     retrieval_set_from_dataset,
     scene_eval_sets,
 )
-from smartclip_train.evaluate import _Encoder, class_prompts, evaluate_model, format_table, main
-from smartclip_train.scenes import describe, make_scenes
+from smartclip_eval.evaluate import _Encoder, class_prompts, evaluate_model, format_table, main
+from smartclip_data.scenes import describe, make_scenes
 
 RETRIEVAL = [f"{d}_R@{k}" for d in ("t2i", "i2t") for k in (1, 5, 10)]
 EXPECTED_KEYS = (

@@ -39,7 +39,7 @@ def test_exported_text_encoder_loads_as_clip_and_matches_smartclip(smartclip_dir
     assert 77 < inputs["input_ids"].shape[1] <= 248
     with torch.no_grad():
         text_embeds = encoder.eval()(**inputs).text_embeds
-        features = smartclip.get_text_features(**inputs)
+        features = smartclip.get_text_features(**inputs).pooler_output
     assert text_embeds.shape == (2, smartclip.config.projection_dim)
     torch.testing.assert_close(text_embeds, features, rtol=0, atol=1e-5)
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from smartclip_train.metrics import classification_metrics, positive_ranks, retrieval_metrics
+from smartclip_eval.metrics import classification_metrics, positive_ranks, retrieval_metrics
 
 # 4 captions x 3 images; captions 0 and 1 describe image 0, caption 2 image 1, caption 3 image 2.
 SIMILARITY = torch.tensor(

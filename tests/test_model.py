@@ -56,12 +56,12 @@ def test_conversion_keeps_clip_features_and_logits(clip, smartclip, batch):
         reference = clip(**batch)
         ours = smartclip(**batch)
         torch.testing.assert_close(
-            smartclip.get_text_features(batch["input_ids"], batch["attention_mask"]),
+            smartclip.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output,
             clip.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).pooler_output,
             atol=1e-5, rtol=0,
         )
         torch.testing.assert_close(
-            smartclip.get_image_features(batch["pixel_values"]),
+            smartclip.get_image_features(batch["pixel_values"]).pooler_output,
             clip.get_image_features(pixel_values=batch["pixel_values"]).pooler_output,
             atol=1e-5, rtol=0,
         )
@@ -214,10 +214,10 @@ def test_over_long_text_is_truncated_keeping_end_of_text(smartclip, processor):
     raw = tokenizer([long_caption], return_tensors="pt")  # what the pipeline sends: no truncation
     assert raw["input_ids"].shape[1] > 248
     with pytest.warns(UserWarning, match="longer than the model's 248 positions"):
-        features = smartclip.get_text_features(raw["input_ids"], raw["attention_mask"])
+        features = smartclip.get_text_features(raw["input_ids"], raw["attention_mask"]).pooler_output
     kept = raw["input_ids"][:, :248].clone()
     kept[0, -1] = tokenizer.eos_token_id
-    torch.testing.assert_close(features, smartclip.get_text_features(kept, raw["attention_mask"][:, :248]))
+    torch.testing.assert_close(features, smartclip.get_text_features(kept, raw["attention_mask"][:, :248]).pooler_output)
     with pytest.warns(UserWarning, match=r"captions at positions \[0\] are longer than 248 tokens"):
         processed = processor(text=[long_caption], return_tensors="pt")
     assert processed["input_ids"].shape[1] == 248 and processed["input_ids"][0, -1] == tokenizer.eos_token_id

@@ -24,8 +24,8 @@ def test_search_equals_brute_force(model, processor, scoring):
     texts = encode_texts(model, tokens["input_ids"], tokens["attention_mask"], batch_size=2)
 
     with torch.no_grad():
-        image_embeds = model.get_image_features(pixel_values)
-        text_embeds = model.get_text_features(tokens["input_ids"], tokens["attention_mask"])
+        image_embeds = model.get_image_features(pixel_values).pooler_output
+        text_embeds = model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).pooler_output
         masks = model.get_text_masks(tokens["input_ids"], tokens["attention_mask"])
     if scoring == "plain":
         brute = torch.nn.functional.cosine_similarity(text_embeds[:, None], image_embeds[None], dim=-1)
@@ -43,5 +43,5 @@ def test_unknown_scoring_names_the_allowed_values(model, processor):
     tokens = processor.tokenizer(["a red circle."], return_tensors="pt")
     texts = encode_texts(model, tokens["input_ids"])
     gallery = encode_gallery(model, torch.zeros(2, 3, 32, 32))
-    with pytest.raises(ValueError, match="scoring='cosine'; expected 'plain' or 'modular'"):
+    with pytest.raises(ValueError, match=r"scoring='cosine'; expected one of \('plain', 'modular'\)"):
         search_images(texts, gallery, scoring="cosine")

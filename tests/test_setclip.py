@@ -11,12 +11,12 @@ from torch.utils.data import DataLoader
 
 from modeling_smartclip import SmartCLIPModel, masked_similarity
 from smartclip_train.collator import CaptionCollator
-from smartclip_train.losses import TrainingLoss
-from smartclip_train.pairing import PairedUnpairedDataset, SetCLIPCollator, SimCLRAugment
-from smartclip_train.scenes import make_scenes
-from smartclip_train.setclip import (
+from smartclip_train.objectives import TrainingLoss
+from smartclip_methods.setclip.pairing import PairedUnpairedDataset, SetCLIPCollator, SimCLRAugment
+from smartclip_methods.setclip.train import SetCLIPArguments, main
+from smartclip_data.scenes import make_scenes
+from smartclip_methods.setclip.objective import (
     RELEASED_MK_MMD_BANDWIDTHS,
-    SetCLIPArguments,
     SetCLIPLoss,
     attention_dropout,
     kde_density,
@@ -367,22 +367,46 @@ def test_second_text_view_differs_only_through_dropout(clip_dir, scene_batch):
     model, _ = model_outputs(clip_dir, scene_batch)
     ids, mask = scene_batch["input_ids"], scene_batch["attention_mask"]
     with torch.no_grad():
-        plain = model.get_text_features(ids, mask)
-        assert torch.equal(plain, model.get_text_features(ids, mask))  # CLIP's attention dropout is 0
+        plain = model.get_text_features(ids, mask).pooler_output
+        assert torch.equal(plain, model.get_text_features(ids, mask).pooler_output)  # CLIP's attention dropout is 0
         with attention_dropout(model.text_model, 0.3):
-            dropped = model.get_text_features(ids, mask)
+            dropped = model.get_text_features(ids, mask).pooler_output
         assert not torch.allclose(plain, dropped)
-        assert torch.equal(plain, model.get_text_features(ids, mask))  # restored afterwards
+        assert torch.equal(plain, model.get_text_features(ids, mask).pooler_output)  # restored afterwards
 
 
 def test_arguments_build_the_loss_and_the_augmentation():
     args = SetCLIPArguments(setclip_base="smartclip", setclip_sdd_weight=0.6, setclip_image_ssl_weight=0.0)
-    loss = SetCLIPLoss.from_arguments(args, lambda_sparsity=0.02)
+    loss = args.objective(lambda_sparsity=0.02)
     assert loss.base == "smartclip" and loss.weights["sdd"] == 0.6 and loss.weights["mmd"] == 0.2
     assert loss.lambda_sparsity == 0.02
     assert args.augment() is None
-    assert SetCLIPArguments(augment_flip_p=0.0).augment().flip_p == 0.0
+    assert SetCLIPArguments(setclip_augment_flip_p=0.0).augment().flip_p == 0.0
     with pytest.raises(ValueError, match="base"):
         SetCLIPLoss(base="siglip")
     with pytest.raises(ValueError, match="not all 0"):
         SetCLIPLoss(clip_weight=0, sdd_weight=0, mmd_weight=0, image_ssl_weight=0, text_ssl_weight=0)
+
+
+def test_setclip_flags_live_in_their_own_command(capsys):
+    from smartclip_train.train import main as core_main
+
+    with pytest.raises(SystemExit):
+        core_main(["--help"])
+    core_help = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    setclip_help = capsys.readouterr().out
+    assert "setclip" not in core_help and "paired_fraction" not in core_help and "augment" not in core_help
+    assert "--setclip_paired_fraction" in setclip_help and "--setclip_augment_flip_p" in setclip_help
+    assert "--objective" in core_help
+
+
+def test_setclip_command_trains_a_few_steps(tmp_path):
+    main([
+        "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--per_device_train_batch_size", "6",
+        "--num_train_scenes", "24", "--num_test_scenes", "6", "--setclip_paired_fraction", "0.5",
+        "--report_to", "none", "--use_cpu", "--save_strategy", "no", "--scratch_hidden_size", "32",
+        "--scratch_num_layers", "1", "--scratch_projection_dim", "16",
+    ])
+    assert (tmp_path / "run" / "model.safetensors").is_file()

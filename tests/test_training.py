@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainingArguments
 
 from modeling_smartclip import SmartCLIPModel
-from smartclip_train.losses import LOSSES, build_loss
+from smartclip_train.objectives import OBJECTIVES, build_objective
 from smartclip_train.train import POSITION_EMBEDDING, DataArguments, ModelArguments, run_training
 
 
@@ -102,30 +102,29 @@ def test_clip_checkpoint_fine_tune_two_learning_rates_frozen_positions_and_eval_
     assert trained.config.scoring == "modular"
 
 
-@pytest.mark.parametrize("loss_type", ["clip", "random_mask"])
-def test_baseline_and_control_keep_the_head_and_save_plain_scoring(tmp_path, loss_type):
+@pytest.mark.parametrize("objective", ["clip", "random_mask"])
+def test_baseline_and_control_keep_the_head_and_save_plain_scoring(tmp_path, objective):
     start_dir = tmp_path / "start"
     run_training(ModelArguments(**TINY_MODEL), DataArguments(**TINY_DATA), training_args(start_dir, max_steps=1))
     result = run_training(
-        ModelArguments(model_name_or_path=str(start_dir), loss_type=loss_type),
+        ModelArguments(model_name_or_path=str(start_dir), objective=objective),
         DataArguments(**TINY_DATA),
-        training_args(tmp_path / loss_type, max_steps=2),
+        training_args(tmp_path / objective, max_steps=2),
     )
-    start, trained = (load_file(path / "model.safetensors") for path in (start_dir, tmp_path / loss_type))
+    start, trained = (load_file(path / "model.safetensors") for path in (start_dir, tmp_path / objective))
     head = [name for name in start if name.startswith("mask_head.")]
     assert head and all(torch.equal(start[name], trained[name]) for name in head)
     assert not torch.equal(start["visual_projection.weight"], trained["visual_projection.weight"])
-    config = json.loads((tmp_path / loss_type / "config.json").read_text())
+    config = json.loads((tmp_path / objective / "config.json").read_text())
     assert config["scoring"] == "plain"
-    assert config["loss_type"] == ("clip" if loss_type == "clip" else "smartclip")
+    assert config["loss_type"] == "clip" and config["mask_head_trained"] is False
     logged = [log for log in result["log_history"] if "loss" in log]
-    assert all(("mask_density" in log) == (loss_type == "random_mask") for log in logged)
+    assert all(("mask_density" in log) == (objective == "random_mask") for log in logged)
 
 
-def test_loss_registry_names_and_errors():
-    assert set(LOSSES) == {"smartclip", "clip", "random_mask", "setclip"}
-    allowed = r"\['clip', 'random_mask', 'setclip', 'smartclip'\]"
-    with pytest.raises(ValueError, match=rf"Unknown loss 'siglip'; expected one of {allowed}"):
-        build_loss("siglip")
+def test_objective_names_and_errors():
+    assert set(OBJECTIVES) == {"smartclip", "clip", "random_mask"}
+    with pytest.raises(ValueError, match=r"objective 'siglip'; expected one of \('smartclip', 'clip', 'random_mask'\)"):
+        build_objective("siglip")
     with pytest.raises(ValueError, match="density"):
-        build_loss("random_mask", density=1.5)
+        build_objective("random_mask", density=1.5)

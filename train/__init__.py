@@ -1,1 +1,1 @@
-"""Fine-tuning, data and evaluation for SmartCLIP on the HF Trainer."""
+"""Training: the Trainer, the caption collator, the objectives and the cross-rank gather."""

@@ -13,14 +13,31 @@ from contextlib import contextmanager
 
 from transformers import TrainerCallback
 
-from .data import IMAGE, LONG_CAPTION, SHORT_CAPTIONS, clean_captions, load_image
+from smartclip_data.sources import IMAGE, LONG_CAPTION, SHORT_CAPTIONS, clean_captions, load_image
 
 SOURCES = ("long", "sentence", "short")
 # A period after one of these words (or after a single letter, as in initials) does not end a sentence.
 ABBREVIATIONS = frozenset(
     "e.g i.e etc vs cf al approx fig figs no nos mr mrs ms dr prof st mt jr sr inc ltd co corp dept est".split()
 )
-_BOUNDARY = re.compile(r"[.!?]+[\"'”’)\]]*\s+|\n\s*")
+# A boundary starts at the first mark of a run (the lookbehind), so a long run of marks is tried once, not from
+# each of its marks.
+_BOUNDARY = re.compile(r"(?<![.!?])[.!?]+[\"'”’)\]]*\s+|\n\s*")
+
+
+def _last_word(text: str, start: int, end: int) -> str:
+    """The last white-space-separated word of `text[start:end]` ("" if none), found by scanning back from `end`.
+
+    Scanning back reads only that word (and the white space after it), so the splitter stays linear in the text's
+    length however many boundaries it skips; splitting `text[start:end]` at every boundary would be quadratic.
+    """
+    stop = end
+    while stop > start and text[stop - 1].isspace():
+        stop -= 1
+    begin = stop
+    while begin > start and not text[begin - 1].isspace():
+        begin -= 1
+    return text[begin:stop]
 
 
 def split_sentences(text: str) -> list[str]:
@@ -31,8 +48,7 @@ def split_sentences(text: str) -> list[str]:
     """
     sentences, start = [], 0
     for boundary in _BOUNDARY.finditer(text):
-        before = text[start : boundary.start()].split()
-        word = before[-1].lower().rstrip(".") if before else ""
+        word = _last_word(text, start, boundary.start()).lower().rstrip(".")
         if boundary.group().lstrip().startswith(".") and (word in ABBREVIATIONS or len(word) == 1 and word.isalpha()):
             continue
         sentences.append(text[start : boundary.end()].strip())
@@ -50,19 +66,24 @@ class CaptionCollator:
         p_long, p_sentence, p_short: weights of the three caption sources, renormalised per example over the
             sources it has (a long caption provides "long" and "sentence"; a non-empty short list provides "short").
         seed: seed of the draws.
+        first_sentence: also deliver the first sentence of each drawn caption, as `short_input_ids` and
+            `short_attention_mask` (`(B, T_short)`): Long-CLIP's short caption (with `p_long=1`, as Long-CLIP
+            trains, the long caption's first sentence).
 
     Examples are dicts with `image` (anything `load_image` reads), `long_caption` (`str` or `None`) and
     `short_captions` (`list[str]` or `None`). The batch is `input_ids`, `attention_mask` (`(B, T)`),
     `pixel_values` (`(B, 3, H, W)`) and `return_loss=True`.
     """
 
-    def __init__(self, processor, p_long: float = 0.5, p_sentence: float = 0.25, p_short: float = 0.25, seed: int = 0):
+    def __init__(self, processor, p_long: float = 0.5, p_sentence: float = 0.25, p_short: float = 0.25, seed: int = 0,
+                 first_sentence: bool = False):
         weights = {"p_long": p_long, "p_sentence": p_sentence, "p_short": p_short}
         if any(weight < 0 for weight in weights.values()) or sum(weights.values()) <= 0:
             raise ValueError(f"CaptionCollator: caption weights {weights} must be >= 0 with a positive sum.")
         self.processor = processor
         self.weights = dict(zip(SOURCES, weights.values()))
         self.seed = seed
+        self.first_sentence = first_sentence
         self.epoch = 0  # set by `CaptionEpochCallback`, so each epoch draws afresh
 
     def draw(self, example: dict) -> tuple[str, str]:
@@ -87,12 +108,17 @@ class CaptionCollator:
         captions = [self.draw(example)[1] for example in examples]
         images = [load_image(example[IMAGE]) for example in examples]
         batch = self.processor(text=captions, images=images, return_tensors="pt", padding=True)
-        return {
+        collated = {
             "input_ids": batch["input_ids"],
             "attention_mask": batch["attention_mask"],
             "pixel_values": batch["pixel_values"],
             "return_loss": True,
         }
+        if self.first_sentence:
+            first = self.processor(text=[split_sentences(c)[0] for c in captions], return_tensors="pt", padding=True)
+            collated["short_input_ids"] = first["input_ids"]
+            collated["short_attention_mask"] = first["attention_mask"]
+        return collated
 
     @contextmanager
     def fixed_epoch(self, epoch: int):

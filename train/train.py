@@ -3,8 +3,9 @@
 Start from a CLIP checkpoint (converted with `SmartCLIPModel.from_clip`), a SmartCLIP checkpoint, or small towers
 from scratch; train on the built-in scenes or any `datasets` source. Every `TrainingArguments` option works
 (mixed precision, gradient accumulation, `--resume_from_checkpoint`, `report_to`, `torch_compile`, `torchrun` /
-`accelerate launch`). Reads top to bottom: arguments, model, loss, trainer, then `run_training` (data, train,
-save, report) and `main`.
+`accelerate launch`). Reads top to bottom: arguments, model, objective, then `run_training` (data, train, save,
+report) and `main`; the Trainer subclass is in `trainer.py`. A related method (e.g. `methods/setclip/`) calls
+`run_training` with its own `objective` and `data_step`.
 
     smartclip-train --output_dir outputs/smartclip --max_steps 2000 --learning_rate 1e-3 --use_cpu
     smartclip-train --model_name_or_path openai/clip-vit-base-patch16 --freeze_first_positions 20 \
@@ -19,26 +20,23 @@ from dataclasses import dataclass, field
 
 import torch
 import transformers
-from accelerate.utils import extract_model_from_parallel
-from transformers import CLIPModel, HfArgumentParser, PretrainedConfig, Trainer, TrainingArguments, set_seed
-from transformers.trainer_optimizer import is_optimizer_factory
+from torch.utils.data import Dataset
+from transformers import CLIPModel, HfArgumentParser, TrainingArguments, set_seed
 
 from modeling_smartclip import SmartCLIPConfig, SmartCLIPModel, SmartCLIPProcessor
+from modeling_smartclip.loading import load_model_and_processor
+from smartclip_data.scratch import scratch_clip_config, scratch_processor
+from smartclip_data.sources import DataArguments, DropCounter, load_split
 
 from .collator import CaptionCollator, CaptionEpochCallback
-from .data import DataArguments, DropCounter, load_split
-from .losses import LOSSES, TrainingLoss, build_loss
-from .pairing import PairedUnpairedDataset, SetCLIPCollator
-from .scratch import scratch_clip_config, scratch_processor
-from .setclip import SetCLIPArguments, SetCLIPLoss
+from .objectives import OBJECTIVES, TrainingLoss, build_objective
+from .trainer import SmartCLIPTrainer
 
 logger = logging.getLogger(__name__)
-LOSSES["setclip"] = SetCLIPLoss  # built by build_training_loss from SetCLIPArguments
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")  # the rest of a batch is for the loss plug-in
 POSITION_EMBEDDING = "text_model.embeddings.position_embedding.weight"
-# Config fields that change the mask head's weights: a trained SmartCLIP cannot be loaded with other values.
-HEAD_ARCHITECTURE = ("mask_pooling", "mask_hidden_size", "mask_num_attention_heads", "mask_intermediate_size")
+# `(train_dataset, collator) -> (train_dataset, collator)`: a related method's data step (e.g. Set-CLIP's batches).
+DataStep = Callable[[Dataset, CaptionCollator], tuple[Dataset, Callable]]
 
 
 # ----- arguments --------------------------------------------------------------------------------------------------
@@ -46,7 +44,7 @@ HEAD_ARCHITECTURE = ("mask_pooling", "mask_hidden_size", "mask_num_attention_hea
 
 @dataclass
 class ModelArguments:
-    """The starting model, the loss and the mask head."""
+    """The starting model, the objective and the mask head."""
 
     model_name_or_path: str | None = field(
         default=None,
@@ -56,11 +54,11 @@ class ModelArguments:
     processor_name_or_path: str | None = field(
         default=None, metadata={"help": "Processor source; default: the model's."}
     )
-    loss_type: str = field(default="smartclip", metadata={"help": f"Training loss, one of {sorted(LOSSES)}."})
+    objective: str = field(default="smartclip", metadata={"help": "Training objective.", "choices": OBJECTIVES})
     lambda_align: float | None = field(default=None, metadata={"help": "Weight of the masked contrastive term."})
     lambda_sparsity: float | None = field(default=None, metadata={"help": "Weight of the mean soft mask (L1) term."})
     random_mask_density: float | None = field(
-        default=None, metadata={"help": "random_mask loss: density of the random masks; None: the head's current one."}
+        default=None, metadata={"help": "random_mask objective: density of the random masks; None: the head's own."}
     )
     mask_pooling: str | None = field(default=None, metadata={"help": "Mask head pooling: attention (paper) or union."})
     mask_hidden_size: int | None = field(default=None, metadata={"help": "Mask head width; None: the text tower's."})
@@ -82,46 +80,26 @@ class ModelArguments:
 
     def config_overrides(self) -> dict:
         """The `SmartCLIPConfig` fields set on the command line."""
-        names = ("lambda_align", "lambda_sparsity", "mask_threshold", *HEAD_ARCHITECTURE)
+        names = ("lambda_align", "lambda_sparsity", "mask_threshold", "mask_pooling", "mask_hidden_size",
+                 "mask_num_attention_heads", "mask_intermediate_size")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 # ----- model ------------------------------------------------------------------------------------------------------
 
 
-def load_model_and_processor(args: ModelArguments) -> tuple[SmartCLIPModel, SmartCLIPProcessor]:
-    """The starting SmartCLIP and its processor, from `args.model_name_or_path` (CLIP, SmartCLIP or None)."""
-    overrides = args.config_overrides()
-    if args.model_name_or_path is None:
-        processor = scratch_processor()
-        clip_config = scratch_clip_config(
-            processor, hidden_size=args.scratch_hidden_size, num_layers=args.scratch_num_layers,
-            num_heads=args.scratch_num_heads, patch_size=args.scratch_patch_size,
-            projection_dim=args.scratch_projection_dim,
-        )
-        return SmartCLIPModel.from_clip(CLIPModel(clip_config), **overrides), processor
-
-    path = args.model_name_or_path
-    processor_path = args.processor_name_or_path or path
-    model_type = PretrainedConfig.get_config_dict(path)[0].get("model_type")
-    if model_type == "clip":
-        return SmartCLIPModel.from_clip(path, **overrides), SmartCLIPProcessor.from_clip(processor_path)
-    if model_type == "smartclip":
-        config = SmartCLIPConfig.from_pretrained(path)
-        changed = {
-            name: value for name, value in overrides.items()
-            if name in HEAD_ARCHITECTURE and getattr(config, name) != value
-        }
-        if changed:
-            raise ValueError(
-                f"{path} is a trained SmartCLIP whose mask head was built with "
-                f"{ {name: getattr(config, name) for name in changed} }; it cannot be loaded with {changed}. "
-                "Start from a CLIP checkpoint to choose another head."
-            )
-        # The class is imported here, so nothing needs the checkpoint's copy of the code (and no prompt asks).
-        processor = SmartCLIPProcessor.from_pretrained(processor_path, trust_remote_code=False)
-        return SmartCLIPModel.from_pretrained(path, **overrides), processor
-    raise ValueError(f"--model_name_or_path {path} has model_type {model_type!r}; expected 'clip' or 'smartclip'.")
+def load_starting_model(args: ModelArguments) -> tuple[SmartCLIPModel, SmartCLIPProcessor]:
+    """The starting SmartCLIP and its processor: `args.model_name_or_path` (CLIP or SmartCLIP), or small towers
+    from scratch when it is None."""
+    if args.model_name_or_path is not None:
+        return load_model_and_processor(args.model_name_or_path, args.processor_name_or_path, **args.config_overrides())
+    processor = scratch_processor()
+    clip_config = scratch_clip_config(
+        processor, hidden_size=args.scratch_hidden_size, num_layers=args.scratch_num_layers,
+        num_heads=args.scratch_num_heads, patch_size=args.scratch_patch_size,
+        projection_dim=args.scratch_projection_dim,
+    )
+    return SmartCLIPModel.from_clip(CLIPModel(clip_config), **args.config_overrides()), processor
 
 
 def _zero_rows(grad: torch.Tensor, rows: int) -> torch.Tensor:
@@ -141,108 +119,29 @@ def freeze_position_rows(model: SmartCLIPModel, rows: int) -> None:
         weight.register_hook(functools.partial(_zero_rows, rows=rows))
 
 
-# ----- loss -------------------------------------------------------------------------------------------------------
+# ----- objective --------------------------------------------------------------------------------------------------
 
 
-def build_training_loss(
-    args: ModelArguments, config: SmartCLIPConfig, setclip_args: SetCLIPArguments | None = None
-) -> TrainingLoss:
-    """The `--loss_type` plug-in, weighted by the (possibly overridden) model config."""
-    if args.random_mask_density is not None and args.loss_type != "random_mask":
-        raise ValueError(f"--random_mask_density applies to --loss_type random_mask, not {args.loss_type!r}.")
-    if args.loss_type == "clip":
-        return build_loss("clip")
-    if args.loss_type == "setclip":
-        return SetCLIPLoss.from_arguments(setclip_args or SetCLIPArguments(), lambda_sparsity=config.lambda_sparsity)
+def objective_from_arguments(args: ModelArguments, config: SmartCLIPConfig) -> TrainingLoss:
+    """The `--objective`, weighted by the (possibly overridden) model config."""
+    if args.random_mask_density is not None and args.objective != "random_mask":
+        raise ValueError(f"--random_mask_density applies to --objective random_mask, not {args.objective!r}.")
+    if args.objective == "clip":
+        return build_objective("clip")
     kwargs = {"lambda_align": config.lambda_align, "lambda_sparsity": config.lambda_sparsity}
-    if args.loss_type == "random_mask":
+    if args.objective == "random_mask":
         kwargs["density"] = args.random_mask_density
-    return build_loss(args.loss_type, **kwargs)
+    return build_objective(args.objective, **kwargs)
 
 
-def prepare_model_for_loss(model: SmartCLIPModel, loss: TrainingLoss) -> None:
-    """Freezes a head the loss does not train, and records how the trained model scores: a model trained with the
-    modular loss is saved with modular scoring, the CLIP baseline and the random-mask control with plain scoring."""
-    model.mask_head.requires_grad_(loss.trains_mask_head)
-    model.config.scoring = loss.scoring
-    model.config.loss_type = loss.config_loss_type
-
-
-# ----- trainer ----------------------------------------------------------------------------------------------------
-
-
-class SmartCLIPTrainer(Trainer):
-    """A `Trainer` whose loss is a `TrainingLoss` plug-in on the global batch, with a learning rate of its own for
-    the mask head.
-
-    Args:
-        training_loss: the plug-in (`build_loss`).
-        mask_learning_rate: learning rate of the mask head's parameters (the towers use `args.learning_rate`).
-        no_decay: suffixes of parameter names kept out of weight decay (beyond biases and norms).
-    """
-
-    loss_is_scaled_for_ga = False  # the plug-in returns a per-batch mean; the Trainer divides by accumulation steps
-
-    def __init__(self, *args, training_loss: TrainingLoss, mask_learning_rate: float = 1e-3,
-                 no_decay: tuple[str, ...] = (), **kwargs):
-        super().__init__(*args, **kwargs)
-        self.training_loss = training_loss
-        self.mask_learning_rate = mask_learning_rate
-        self.no_decay = tuple(no_decay)
-        self._loss_logs: dict[str, list[float]] = {}
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        # The model runs without `return_loss`: the plug-in computes the loss once the features of all ranks are in.
-        outputs = model(**{name: value for name, value in inputs.items() if name in MODEL_INPUTS})
-        loss, logs = self.training_loss(model, outputs, inputs)
-        if model.training:
-            for name, value in logs.items():
-                self._loss_logs.setdefault(name, []).append(value)
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._loss_logs:  # a training log: add the plug-in's means since the previous one
-            logs.update({name: sum(values) / len(values) for name, values in self._loss_logs.items()})
-            self._loss_logs = {}
-        super().log(logs, start_time)
-
-    def evaluate(self, *args, **kwargs) -> dict[str, float]:
-        # Score the same captions at every evaluation, so that eval losses along training are comparable.
-        if isinstance(self.data_collator, CaptionCollator):
-            with self.data_collator.fixed_epoch(0):
-                return super().evaluate(*args, **kwargs)
-        return super().evaluate(*args, **kwargs)
-
-    def get_decay_parameter_names(self, model) -> list[str]:
-        return [name for name in super().get_decay_parameter_names(model) if not name.endswith(self.no_decay)]
-
-    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        """The configured optimizer over four groups: (towers | mask head) x (decayed | not decayed)."""
-        if self.optimizer is not None:
-            return self.optimizer
-        opt_model = self.model if model is None else model
-        head = {id(param) for param in extract_model_from_parallel(opt_model).mask_head.parameters()}
-        decayed = set(self.get_decay_parameter_names(opt_model))
-        groups = []
-        for in_head, learning_rate in ((False, self.args.learning_rate), (True, self.mask_learning_rate)):
-            for decay in (True, False):
-                params = [
-                    param for name, param in opt_model.named_parameters()
-                    if param.requires_grad and (id(param) in head) == in_head and (name in decayed) == decay
-                ]
-                if params:
-                    groups.append({"params": params, "lr": learning_rate,
-                                   "weight_decay": self.args.weight_decay if decay else 0.0})
-        optimizer_cls, optimizer_kwargs = (
-            self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        )
-        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
-            raise ValueError(
-                f"--optim {self.args.optim} builds its own parameter groups, so the mask head cannot get its own "
-                "learning rate; choose an optimizer such as adamw_torch."
-            )
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-        return self.optimizer
+def prepare_model_for_objective(model: SmartCLIPModel, objective: TrainingLoss) -> None:
+    """Freezes a head the objective does not train, and records in the config how the trained model scores and
+    whether its head was trained: the modular objective saves modular scoring, the CLIP baseline and the
+    random-mask control plain scoring."""
+    model.mask_head.requires_grad_(objective.trains_mask_head)
+    model.config.scoring = objective.scoring
+    model.config.loss_type = objective.config_loss_type
+    model.config.mask_head_trained = objective.trains_mask_head
 
 
 # ----- the run ----------------------------------------------------------------------------------------------------
@@ -258,14 +157,17 @@ def run_training(
     training_args: TrainingArguments,
     eval_fn: Callable[[SmartCLIPModel, SmartCLIPProcessor], dict] | None = None,
     callbacks: list | None = None,
-    setclip_args: SetCLIPArguments | None = None,
+    objective: TrainingLoss | None = None,
+    data_step: DataStep | None = None,
 ) -> dict:
     """Trains, saves model and processor (safetensors) to `training_args.output_dir`, and reports.
 
     Args:
         eval_fn: called as `eval_fn(model, processor)` on the main process after training; its dict is returned
-            under `"evaluation"` (e.g. `smartclip_train.evaluate`'s metrics).
+            under `"evaluation"` (e.g. `smartclip_eval.evaluate`'s metrics).
         callbacks: extra `TrainerCallback`s.
+        objective: a related method's objective; default: `--objective` (`model_args.objective`).
+        data_step: a related method's change to the training data and collator (`DataStep`).
 
     Returns:
         A JSON-serialisable dict: `output_dir`, `train` (the Trainer's metrics plus dropped-row counts),
@@ -282,10 +184,10 @@ def run_training(
     resume = True if resume in ("last", "true", "True") else resume  # the Trainer then finds the latest checkpoint
     set_seed(training_args.seed)  # before the model: initialisation is part of the run
 
-    # Phase 2: model, processor and loss.
-    model, processor = load_model_and_processor(model_args)
-    loss = build_training_loss(model_args, model.config, setclip_args)
-    prepare_model_for_loss(model, loss)
+    # Phase 2: model, processor and objective.
+    model, processor = load_starting_model(model_args)
+    objective = objective or objective_from_arguments(model_args, model.config)
+    prepare_model_for_objective(model, objective)
     freeze_position_rows(model, model_args.freeze_first_positions)
 
     # Phase 3: data, checked and cleaned, with a caption drawn per image and step by the collator.
@@ -298,13 +200,8 @@ def run_training(
     seed = training_args.seed if data_args.caption_seed is None else data_args.caption_seed
     collator = CaptionCollator(processor, data_args.p_long, data_args.p_sentence, data_args.p_short, seed=seed)
     data_collator = collator
-    if model_args.loss_type == "setclip":  # batches with a share of known pairs, the rest unpaired
-        setclip_args = setclip_args or SetCLIPArguments()
-        train_dataset = PairedUnpairedDataset(
-            train_dataset, training_args.per_device_train_batch_size, setclip_args.paired_fraction,
-            setclip_args.pair_share, setclip_args.augment(), setclip_args.setclip_unpaired, seed=training_args.seed,
-        )
-        data_collator = SetCLIPCollator(collator)
+    if data_step is not None:
+        train_dataset, data_collator = data_step(train_dataset, collator)
 
     # Phase 4: train.
     trainer = SmartCLIPTrainer(
@@ -315,7 +212,7 @@ def run_training(
         data_collator=data_collator,
         processing_class=processor,
         callbacks=[CaptionEpochCallback(collator), *(callbacks or [])],
-        training_loss=loss,
+        training_loss=objective,
         mask_learning_rate=model_args.mask_learning_rate,
         no_decay=(POSITION_EMBEDDING,) if model_args.freeze_first_positions else (),
     )
@@ -351,11 +248,10 @@ def run_training(
     }
 
 
-def parse_args(
-    argv: list[str] | None = None,
-) -> tuple[ModelArguments, DataArguments, TrainingArguments, SetCLIPArguments]:
-    """Command-line flags, or a single `.json` / `.yaml` file holding them."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, SetCLIPArguments))
+def parse_args(argv: list[str] | None = None, extra_arguments: tuple[type, ...] = ()) -> tuple:
+    """`(ModelArguments, DataArguments, TrainingArguments, *extra)` from command-line flags or a single `.json` /
+    `.yaml` file holding them; `extra_arguments` are a related method's own dataclasses."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, *extra_arguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(argv[0])
@@ -366,11 +262,15 @@ def parse_args(
 
 def main(argv: list[str] | None = None) -> None:
     """Console script `smartclip-train`."""
-    model_args, data_args, training_args, setclip_args = parse_args(argv)
+    model_args, data_args, training_args = parse_args(argv)
+    set_up_logging(training_args)
+    run_training(model_args, data_args, training_args)
+
+
+def set_up_logging(training_args: TrainingArguments) -> None:
     level = training_args.get_process_log_level()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
     transformers.utils.logging.set_verbosity(level)
-    run_training(model_args, data_args, training_args, setclip_args=setclip_args)
 
 
 if __name__ == "__main__":
@@ -378,14 +278,15 @@ if __name__ == "__main__":
 
 
 __all__ = [
+    "DataStep",
     "ModelArguments",
     "DataArguments",
-    "SmartCLIPTrainer",
-    "build_training_loss",
     "freeze_position_rows",
-    "load_model_and_processor",
+    "load_starting_model",
     "main",
+    "objective_from_arguments",
     "parse_args",
-    "prepare_model_for_loss",
+    "prepare_model_for_objective",
     "run_training",
+    "set_up_logging",
 ]

@@ -14,7 +14,6 @@ Every term is a standalone function of `(B, D)` embeddings, so it can regularise
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +23,8 @@ from transformers.models.clip.modeling_clip import CLIPAttention
 
 from modeling_smartclip import SmartCLIPOutput, masked_similarity
 
-from .distributed import gather_features
-from .losses import TrainingLoss
-from .pairing import SimCLRAugment
+from smartclip_train.distributed import gather_features
+from smartclip_train.objectives import TrainingLoss
 
 # The released KDE multiplies by 3 ("to amplify") and divides by 16; both stay, see `kde_log_density`.
 KDE_SCALE = 3 / 16
@@ -282,28 +280,11 @@ class SetCLIPLoss(TrainingLoss):
         self.scoring = "modular" if base == "smartclip" else "plain"
         self.config_loss_type = base
 
-    @classmethod
-    def from_arguments(cls, args: "SetCLIPArguments", lambda_sparsity: float = 0.01) -> "SetCLIPLoss":
-        return cls(
-            base=args.setclip_base,
-            clip_weight=args.setclip_clip_weight,
-            sdd_weight=args.setclip_sdd_weight,
-            mmd_weight=args.setclip_mmd_weight,
-            image_ssl_weight=args.setclip_image_ssl_weight,
-            text_ssl_weight=args.setclip_text_ssl_weight,
-            temperature=args.setclip_temperature,
-            ssl_temperature=args.setclip_temperature,
-            kde_bandwidth=args.setclip_kde_bandwidth,
-            mmd_bandwidths=args.setclip_mmd_bandwidths,
-            text_dropout=args.setclip_text_dropout,
-            lambda_sparsity=lambda_sparsity,
-        )
-
     def _check_batch(self, outputs: SmartCLIPOutput, batch: dict, training: bool) -> torch.Tensor:
         if "paired_mask" not in batch:
             raise ValueError(
                 "SetCLIPLoss needs batch['paired_mask'] ((B,) bool, True for true pairs); build batches with "
-                "smartclip_train.pairing.PairedUnpairedDataset and SetCLIPCollator."
+                "smartclip_methods.setclip.pairing.PairedUnpairedDataset and SetCLIPCollator."
             )
         if self.weights["image_ssl"] > 0 and training and "pixel_values_aug" not in batch:
             raise ValueError(
@@ -339,11 +320,11 @@ class SetCLIPLoss(TrainingLoss):
         if w["mmd"] > 0:
             terms["mmd"] = (w["mmd"], mmd_loss(x, y, self.mmd_bandwidths))
         if w["image_ssl"] > 0 and model.training:
-            augmented = model.get_image_features(batch["pixel_values_aug"].to(x.device, x.dtype))  # (B_local, D)
+            augmented = model.get_image_features(batch["pixel_values_aug"].to(x.device, x.dtype)).pooler_output  # (B_local, D)
             terms["image_ssl"] = (w["image_ssl"], nt_xent(x, *gather_features(augmented), self.ssl_temperature))
         if w["text_ssl"] > 0 and model.training:
             with attention_dropout(model.text_model, self.text_dropout):
-                second = model.get_text_features(batch["input_ids"], batch.get("attention_mask"))  # (B_local, D)
+                second = model.get_text_features(batch["input_ids"], batch.get("attention_mask")).pooler_output  # (B_local, D)
             terms["text_ssl"] = (w["text_ssl"], nt_xent(y, *gather_features(second), self.ssl_temperature))
 
         # zero start: an evaluation with only self-supervised weights has no term
@@ -353,58 +334,8 @@ class SetCLIPLoss(TrainingLoss):
         return loss, logs
 
 
-# ----- command-line arguments ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class SetCLIPArguments:
-    """`smartclip-train` arguments for `--loss_type setclip` (an `HfArgumentParser` dataclass)."""
-
-    setclip_base: str = field(
-        default="clip",
-        metadata={
-            "help": "Supervised term on the pairs: 'clip' (plain cosine) or 'smartclip' (masked similarity).",
-            "choices": ["clip", "smartclip"],
-        },
-    )
-    paired_fraction: float = field(default=1.0, metadata={"help": "Share of the training set whose pairs are known."})
-    pair_share: float = field(default=1 / 3, metadata={"help": "Share of each batch filled with known pairs."})
-    setclip_unpaired: bool = field(
-        default=True, metadata={"help": "Fill the rest of each batch from the unpaired pools (False: pairs only)."}
-    )
-    setclip_clip_weight: float = field(default=1.0, metadata={"help": "Weight of the supervised term."})
-    setclip_sdd_weight: float = field(default=0.7, metadata={"help": "Weight of the SDD term."})
-    setclip_mmd_weight: float = field(default=0.2, metadata={"help": "Weight of the MMD term."})
-    setclip_image_ssl_weight: float = field(default=0.15, metadata={"help": "Weight of image NT-Xent (0 skips it)."})
-    setclip_text_ssl_weight: float = field(default=0.15, metadata={"help": "Weight of text NT-Xent (0 skips it)."})
-    setclip_temperature: float = field(default=0.05, metadata={"help": "Fixed temperature of all contrastive terms."})
-    setclip_kde_bandwidth: float = field(default=0.5, metadata={"help": "KDE bandwidth h of the SDD term."})
-    setclip_mmd_bandwidths: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "MMD kernel bank."})
-    setclip_text_dropout: float = field(
-        default=0.1, metadata={"help": "Attention dropout of the second (SimCSE) text pass (0: the views are equal)."}
-    )
-    augment_min_scale: float = field(default=0.08, metadata={"help": "Smallest area share of the random resized crop."})
-    augment_flip_p: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip."})
-    augment_strength: float = field(
-        default=1.0, metadata={"help": "SimCLR colour strength s: jitter (0.8s, 0.8s, 0.8s, 0.2s) with p=0.8."}
-    )
-    augment_grayscale_p: float = field(default=0.2, metadata={"help": "Probability of a grayscale view."})
-
-    def augment(self) -> SimCLRAugment | None:
-        """The image augmentation for the second view, or `None` when the image term is off."""
-        if self.setclip_image_ssl_weight == 0:
-            return None
-        return SimCLRAugment(
-            min_scale=self.augment_min_scale,
-            flip_p=self.augment_flip_p,
-            strength=self.augment_strength,
-            grayscale_p=self.augment_grayscale_p,
-        )
-
-
 __all__ = [
     "RELEASED_MK_MMD_BANDWIDTHS",
-    "SetCLIPArguments",
     "SetCLIPLoss",
     "attention_dropout",
     "kde_density",

@@ -1,9 +1,10 @@
-"""Training losses as plug-ins of `SmartCLIPTrainer.compute_loss`.
+"""Training objectives: what `SmartCLIPTrainer.compute_loss` minimises, picked by name in `build_objective`.
 
-A plug-in receives the model, its `SmartCLIPOutput` (computed without `return_loss`) and the batch, gathers the
+An objective receives the model, its `SmartCLIPOutput` (computed without `return_loss`) and the batch, gathers the
 features it needs from every rank (`gather_features`), and calls the pure loss functions of
 `modeling_smartclip.losses`: the math lives there once, for the model's own `forward` and for the trainer alike.
-To add a loss, subclass `TrainingLoss` and register it in `LOSSES`.
+A related method brings its own `TrainingLoss` subclass and hands an instance to `run_training` (see
+`methods/setclip/`); the names below are the core trainer's `--objective` choices.
 """
 
 import torch
@@ -21,6 +22,7 @@ class TrainingLoss:
         trains_mask_head: whether the loss sends gradients to the mask head (if not, the head is frozen).
         scoring: the `SmartCLIPConfig.scoring` a model trained with this loss is saved with.
         config_loss_type: the `SmartCLIPConfig.loss_type` (what `forward(return_loss=True)` computes) saved with it.
+        (The saved `SmartCLIPConfig.mask_head_trained` is `trains_mask_head`.)
     """
 
     trains_mask_head: bool = False
@@ -83,6 +85,7 @@ class RandomMaskLoss(ModularLoss):
 
     trains_mask_head = False
     scoring = "plain"
+    config_loss_type = "clip"  # the head stays untrained, so `forward`'s loss is CLIP's
 
     def __init__(self, lambda_align: float = 1.0, lambda_sparsity: float = 0.01, density: float | None = None):
         super().__init__(lambda_align, lambda_sparsity)
@@ -97,14 +100,20 @@ class RandomMaskLoss(ModularLoss):
         return random_masks, random_masks
 
 
-LOSSES: dict[str, type[TrainingLoss]] = {"smartclip": ModularLoss, "clip": CLIPLoss, "random_mask": RandomMaskLoss}
+OBJECTIVES = ("smartclip", "clip", "random_mask")
 
 
-def build_loss(name: str, **kwargs) -> TrainingLoss:
-    """The registered loss `name`, constructed with `kwargs`."""
-    if name not in LOSSES:
-        raise ValueError(f"Unknown loss {name!r}; expected one of {sorted(LOSSES)}.")
-    return LOSSES[name](**kwargs)
+def build_objective(name: str, **kwargs) -> TrainingLoss:
+    """The core objective `name` (one of `OBJECTIVES`), constructed with `kwargs`."""
+    if name == "smartclip":
+        return ModularLoss(**kwargs)
+    elif name == "clip":
+        return CLIPLoss(**kwargs)
+    elif name == "random_mask":
+        return RandomMaskLoss(**kwargs)
+    raise ValueError(f"objective {name!r}; expected one of {OBJECTIVES}.")
 
 
-__all__ = ["LOSSES", "CLIPLoss", "ModularLoss", "RandomMaskLoss", "TrainingLoss", "build_loss", "logit_scale_of"]
+__all__ = [
+    "OBJECTIVES", "CLIPLoss", "ModularLoss", "RandomMaskLoss", "TrainingLoss", "build_objective", "logit_scale_of",
+]

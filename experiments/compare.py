@@ -28,11 +28,11 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 
-from .data import DataArguments, builtin_scenes
-from .eval_data import scene_eval_sets
-from .evaluate import evaluate_model, format_table, save_results
+from smartclip_data.sources import DataArguments, builtin_scenes
+from smartclip_eval.sets import scene_eval_sets
+from smartclip_eval.evaluate import evaluate_model, format_table, save_results
 from .plots import plot_mask_usage, plot_training_curves
-from .train import ModelArguments, run_training
+from smartclip_train.train import ModelArguments, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class CompareArguments:
             raise ValueError("--stages finetune needs the scratch stage: its CLIP arm is the pretrained start.")
 
 
-# (arm name, --loss_type, --mask_pooling, scorings). CLIP and the control never train the head: plain scoring only.
+# (arm name, --objective, --mask_pooling, scorings). CLIP and the control never train the head: plain scoring only.
 SCRATCH_ARMS = (
     ("clip", "clip", None, ("plain",)),
     ("smartclip", "smartclip", "attention", ("plain", "modular")),
@@ -78,10 +78,10 @@ FINETUNE_ARMS = (*SCRATCH_ARMS, ("random-mask", "random_mask", None, ("plain",))
 
 def train_arm(args: CompareArguments, stage: str, arm: tuple, start: str | None, eval_sets) -> dict:
     """Trains and evaluates one arm; returns its metrics and log history."""
-    name, loss_type, pooling, scorings = arm
+    name, objective, pooling, scorings = arm
     output_dir = Path(args.output_dir, stage, name)
     model_args = ModelArguments(
-        model_name_or_path=start, loss_type=loss_type, mask_pooling=pooling, mask_learning_rate=args.mask_learning_rate
+        model_name_or_path=start, objective=objective, mask_pooling=pooling, mask_learning_rate=args.mask_learning_rate
     )
     data_args = DataArguments(
         num_train_scenes=args.num_train_scenes, num_test_scenes=args.num_test_scenes,
@@ -101,7 +101,7 @@ def train_arm(args: CompareArguments, stage: str, arm: tuple, start: str | None,
         seed=args.seed,
         use_cpu=not torch.cuda.is_available(),
     )
-    logger.info("Training %s/%s (%s, %d steps)", stage, name, loss_type, training_args.max_steps)
+    logger.info("Training %s/%s (%s, %d steps)", stage, name, objective, training_args.max_steps)
     result = run_training(
         model_args, data_args, training_args, eval_fn=lambda model, processor: evaluate_model(model, processor, eval_sets, scorings)
     )

@@ -20,10 +20,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from transformers import CLIPModel, PretrainedConfig
+from transformers import CLIPModel
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 from modeling_smartclip.configuration_smartclip import SCORINGS
+from modeling_smartclip.loading import load_model_and_processor
 from modeling_smartclip.retrieval import (
     EncodedTexts,
     ImageGallery,
@@ -32,8 +33,8 @@ from modeling_smartclip.retrieval import (
     text_image_similarity,
 )
 
-from .data import DataArguments, load_source
-from .eval_data import (
+from smartclip_data.sources import DataArguments, load_image, load_source
+from .sets import (
     AtomicProbeSet,
     ClassificationSet,
     EvalSet,
@@ -42,21 +43,20 @@ from .eval_data import (
     classification_set_from_dataset,
     classification_set_from_folder,
     load_coco_captions,
-    load_image,
     load_urban1k,
     retrieval_set_from_dataset,
     scene_eval_sets,
 )
 from .metrics import classification_metrics, retrieval_metrics
-from .scenes import make_scenes
+from smartclip_data.scenes import make_scenes
 
 RECALL_KS = (1, 5, 10)
 
 
 def default_scorings(model: "SmartCLIPModel | CLIPModel") -> tuple[str, ...]:
-    """Both scorings for a SmartCLIP trained with the modular loss; plain only for CLIP and the CLIP-loss baseline,
-    whose mask head was never trained."""
-    if isinstance(model, CLIPModel) or model.config.loss_type == "clip":
+    """Both scorings for a SmartCLIP whose mask head was trained; plain only for CLIP, a converted CLIP, the CLIP
+    baseline and the random-mask control, whose heads were never trained."""
+    if isinstance(model, CLIPModel) or not model.config.mask_head_trained:
         return ("plain",)
     return SCORINGS
 
@@ -250,18 +250,6 @@ def save_results(results: dict, path: "str | Path") -> None:
     Path(path).write_text(json.dumps(strict(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def load_model_and_processor(path: str) -> tuple[SmartCLIPModel, SmartCLIPProcessor]:
-    """A SmartCLIP folder as saved, or a CLIP folder (or Hub id) converted with `from_clip` (plain scoring)."""
-    model_type = PretrainedConfig.get_config_dict(path)[0].get("model_type")
-    if model_type == "smartclip":
-        # The installed package's classes, not the folder's copy of the code, so nothing asks to trust remote code.
-        return SmartCLIPModel.from_pretrained(path), SmartCLIPProcessor.from_pretrained(path, trust_remote_code=False)
-    if model_type == "clip":
-        # Marked as a CLIP-loss model: its fresh mask head means nothing, so it is scored plainly by default.
-        return SmartCLIPModel.from_clip(path, loss_type="clip"), SmartCLIPProcessor.from_clip(path)
-    raise ValueError(f"--model {path} has model_type {model_type!r}; expected a 'smartclip' or 'clip' checkpoint.")
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="smartclip-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="SmartCLIP folder, or a CLIP folder / Hub id (converted)")
@@ -327,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 __all__ = [
-    "class_prompts", "default_scorings", "evaluate_model", "format_table", "load_model_and_processor", "main",
+    "class_prompts", "default_scorings", "evaluate_model", "format_table", "main",
     "save_results",
 ]
 

@@ -6,7 +6,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
 import torch
 
-from .scenes import COLOURS, SHAPES, SIZES, SLOTS
+from smartclip_data.scenes import COLOURS, SHAPES, SIZES, SLOTS
 
 
 def plot_training_curves(log_histories: dict[str, list[dict]], path: str, key: str = "loss") -> None:

@@ -20,8 +20,8 @@ from datasets import Dataset
 from PIL import Image, ImageEnhance
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .collator import CaptionCollator
-from .data import IMAGE, load_image
+from smartclip_train.collator import CaptionCollator
+from smartclip_data.sources import IMAGE, load_image
 
 
 @dataclass(frozen=True)

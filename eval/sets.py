@@ -1,8 +1,9 @@
 """Evaluation sets in one shape each, whatever their source: Urban1k-style folders, COCO captions JSON, `datasets`
 splits, class-subfolder trees, and the built-in scenes.
 
-Images are kept as a sequence of PIL images or file paths (a `datasets` image `Column` works too) and are opened
-batch by batch when encoded, so a 5,000-image COCO set is never decoded all at once.
+Images are kept as a sequence of anything `smartclip_data.sources.load_image` reads (PIL images, file paths, a
+`datasets` image column left undecoded) and are opened batch by batch when encoded, so a 5,000-image COCO set is
+never decoded all at once, and an unreadable image is skipped and counted rather than fatal.
 """
 
 import itertools
@@ -15,22 +16,57 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset
+from datasets import Image as ImageFeature
 from PIL import Image
 
-from .scenes import COLOURS, HELD_OUT_PAIRS, IMAGE_SIZE, SHAPES, SIZES, SLOTS, describe
+from smartclip_data.scenes import COLOURS, HELD_OUT_PAIRS, IMAGE_SIZE, SHAPES, SIZES, SLOTS, describe
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-# A few of the ImageNet prompt templates of CLIP's prompt ensemble; a class embedding is their average.
-IMAGENET_TEMPLATES = (
-    "a photo of a {}.",
-    "a bad photo of a {}.",
-    "a photo of the large {}.",
-    "a photo of the small {}.",
-    "a cropped photo of the {}.",
-    "a close-up photo of a {}.",
-    "art of the {}.",
-)
+PLACEHOLDER = "{}"
+
+
+def _read_list(path: "str | os.PathLike", key: str) -> list[str]:
+    """Strings from a JSON list, a JSON object holding the list under `key`, or a text file with one per line."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() != ".json":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if isinstance(data, dict):
+        data = data.get(key)
+    if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
+        raise ValueError(f"{path}: expected a JSON list of strings, or an object with a {key!r} list of strings.")
+    return data
+
+
+def read_templates(path: "str | os.PathLike") -> tuple[str, ...]:
+    """Zero-shot prompt templates from a file (see `_read_list`; JSON key `"templates"`), each with one `{}` where
+    the class name goes; CLIP_benchmark's `{c}` is read as `{}`. Templates are filled by plain substitution, never
+    `str.format`, so a template cannot reach Python objects."""
+    templates = tuple(template.replace("{c}", PLACEHOLDER) for template in _read_list(path, "templates"))
+    bad = [t for t in templates if t.count(PLACEHOLDER) != 1 or {"{", "}"} & set(t.replace(PLACEHOLDER, ""))]
+    if bad or not templates:
+        raise ValueError(
+            f"{path}: {len(templates)} templates, {len(bad)} without exactly one '{{}}' placeholder (e.g. {bad[:3]}); "
+            "expected templates such as 'a photo of a {}.'"
+        )
+    return templates
+
+
+def read_classnames(path: "str | os.PathLike") -> list[str]:
+    """Class names in label order from a file (see `_read_list`; JSON key `"classnames"`)."""
+    names = _read_list(path, "classnames")
+    if not names:
+        raise ValueError(f"{path} holds no class names; expected one per line or a JSON list.")
+    return names
+
+
+# CLIP's 80 ImageNet prompt templates, shipped as data with their source; a class embedding is their average.
+OPENAI_IMAGENET_TEMPLATES = read_templates(Path(__file__).with_name("imagenet_templates.json"))
 # The same idea in the built-in scenes' vocabulary (the scratch tokenizer knows only those words).
 SCENE_TEMPLATES = (
     "a {}.",
@@ -45,7 +81,7 @@ SCENE_TEMPLATES = (
 class RetrievalSet:
     """Images and captions; a caption is right for exactly one image, an image may have several captions.
 
-    images: `n_image` PIL images or image file paths.
+    images: `n_image` images (see the module docstring).
     texts: `n_text` captions.
     text_to_image: `(n_text,)` long, the index of each caption's image; or `(n_text, n_image)` bool when a caption
         describes several images (the built-in scenes, where the same sentence occurs in many scenes).
@@ -64,16 +100,16 @@ class RetrievalSet:
 class ClassificationSet:
     """Zero-shot classification: each image has one class; each class is scored through `templates`.
 
-    images: `n_image` PIL images or image file paths.
+    images: `n_image` images (see the module docstring).
     labels: `(n_image,)` long, each image's index into `class_names`.
-    templates: prompt templates with one `{}` for the class name.
+    templates: prompt templates with one `{}` for the class name (see `read_templates`).
     """
 
     name: str
     images: Sequence
     labels: torch.Tensor
     class_names: list[str]
-    templates: tuple[str, ...] = IMAGENET_TEMPLATES
+    templates: tuple[str, ...] = OPENAI_IMAGENET_TEMPLATES
 
     def counts(self) -> dict[str, int]:
         return {"images": len(self.images), "classes": len(self.class_names), "templates": len(self.templates)}
@@ -119,15 +155,16 @@ class MaskStatsSet:
 EvalSet = RetrievalSet | ClassificationSet | AtomicProbeSet | MaskStatsSet
 
 
-def load_image(image: "Image.Image | str | os.PathLike") -> Image.Image:
-    """An RGB PIL image from a PIL image or a file path."""
-    if not isinstance(image, Image.Image):
-        image = Image.open(image)
-    return image.convert("RGB")
-
-
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _undecoded(dataset: Dataset, image_column: str) -> Sequence:
+    """The image column, left undecoded when it is an `Image` feature, so a corrupt image is caught (and counted) by
+    the evaluation rather than raised by `datasets` on access."""
+    if isinstance(dataset.features.get(image_column), ImageFeature):
+        dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
+    return dataset[image_column]
 
 
 # ----- retrieval sets -------------------------------------------------------------------------------------------
@@ -227,16 +264,23 @@ def retrieval_set_from_dataset(
     keep = [i for i, captions in enumerate(captions_per_row) if captions]
     if len(keep) < len(dataset):
         dataset = dataset.select(keep)
-    return _retrieval_set(name, dataset[image_column], [captions_per_row[i] for i in keep])
+    return _retrieval_set(name, _undecoded(dataset, image_column), [captions_per_row[i] for i in keep])
 
 
 # ----- zero-shot classification sets ------------------------------------------------------------------------------
 
 
 def classification_set_from_folder(
-    root: "str | os.PathLike", templates: tuple[str, ...] = IMAGENET_TEMPLATES, name: str | None = None
+    root: "str | os.PathLike",
+    templates: tuple[str, ...] = OPENAI_IMAGENET_TEMPLATES,
+    name: str | None = None,
+    class_names: list[str] | None = None,
 ) -> ClassificationSet:
-    """A zero-shot set from `root/<class name>/<image>`: class names are the subfolder names, '_' read as a space."""
+    """A zero-shot set from `root/<class folder>/<image>`; labels follow the sorted subfolder names.
+
+    Class names are the subfolder names with '_' read as a space, unless `class_names` gives one per subfolder in
+    that sorted order (e.g. ImageNet's synset folders `n01440764/...` with readable names).
+    """
     root = Path(root)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     images, labels = [], []
@@ -249,8 +293,14 @@ def classification_set_from_folder(
             f"zero-shot folder {root}: found {len(class_dirs)} class subfolders and {len(images)} images; expected "
             "at least 2 subfolders holding images."
         )
-    class_names = [d.name.replace("_", " ") for d in class_dirs]
-    return ClassificationSet(name or root.name, images, torch.tensor(labels), class_names, tuple(templates))
+    if class_names is None:
+        class_names = [d.name.replace("_", " ") for d in class_dirs]
+    elif len(class_names) != len(class_dirs):
+        raise ValueError(
+            f"zero-shot folder {root} has {len(class_dirs)} class subfolders but {len(class_names)} class names were "
+            "given; expected one name per subfolder, in sorted subfolder order."
+        )
+    return ClassificationSet(name or root.name, images, torch.tensor(labels), list(class_names), tuple(templates))
 
 
 def classification_set_from_dataset(
@@ -258,23 +308,29 @@ def classification_set_from_dataset(
     image_column: str,
     label_column: str,
     name: str,
-    templates: tuple[str, ...] = IMAGENET_TEMPLATES,
+    templates: tuple[str, ...] = OPENAI_IMAGENET_TEMPLATES,
     class_names: list[str] | None = None,
 ) -> ClassificationSet:
     """A zero-shot set from a `datasets` split with integer labels; class names come from the label column's
-    `ClassLabel` feature unless `class_names` is given."""
+    `ClassLabel` feature ('_' read as a space) unless `class_names` gives them in label order."""
     for column in (image_column, label_column):
         if column not in dataset.column_names:
             raise ValueError(f"column {column!r} is not in the dataset; its columns are {dataset.column_names}.")
-    if class_names is None:
+    labels = torch.tensor(list(dataset[label_column]), dtype=torch.long)
+    if class_names is not None:
+        if len(labels) and labels.max() >= len(class_names):
+            raise ValueError(
+                f"label column {label_column!r} holds label {labels.max().item()} but {len(class_names)} class names "
+                "were given; expected one name per label, in label order."
+            )
+    else:
         feature = dataset.features[label_column]
         if not isinstance(feature, ClassLabel):
             raise ValueError(
                 f"label column {label_column!r} is {feature}, not a ClassLabel; pass class_names to name its classes."
             )
-        class_names = list(feature.names)
-    labels = torch.tensor(list(dataset[label_column]), dtype=torch.long)
-    return ClassificationSet(name, dataset[image_column], labels, [c.replace("_", " ") for c in class_names], tuple(templates))
+        class_names = [c.replace("_", " ") for c in feature.names]
+    return ClassificationSet(name, _undecoded(dataset, image_column), labels, list(class_names), tuple(templates))
 
 
 # ----- the built-in scenes ----------------------------------------------------------------------------------------
@@ -360,8 +416,8 @@ def scene_eval_sets(test_split: Dataset, prefix: str = "scenes") -> list[EvalSet
 
 
 __all__ = [
-    "AtomicProbeSet", "ClassificationSet", "EvalSet", "IMAGENET_TEMPLATES", "MaskStatsSet", "RetrievalSet",
+    "AtomicProbeSet", "ClassificationSet", "EvalSet", "MaskStatsSet", "OPENAI_IMAGENET_TEMPLATES", "RetrievalSet",
     "SCENE_CLASSES", "SCENE_TEMPLATES", "atomic_probe_set", "classification_set_from_dataset",
-    "classification_set_from_folder", "load_coco_captions", "load_image", "load_urban1k",
+    "classification_set_from_folder", "load_coco_captions", "load_urban1k", "read_classnames", "read_templates",
     "retrieval_set_from_dataset", "scene_eval_sets", "scene_zeroshot_set",
 ]

@@ -1,0 +1,1 @@
+"""Evaluation: the `smartclip-eval` command, its evaluation sets and the metrics."""

@@ -1,0 +1,1 @@
+"""The experiment driver: `smartclip-compare` and its plots."""

@@ -1,0 +1,219 @@
+"""The output folder of a training run: one run at a time, no silent reuse, no partial checkpoint resumed, and a final
+save that replaces the previous one whole.
+
+- `RunLock`: a lock file that a second run into the same folder meets while the first is alive; a lock left by a
+  run that died (its pid is gone on this host) is taken over.
+- `check_output_dir`: a folder holding an earlier run is refused unless the run resumes or overwrites it.
+- `resolve_checkpoint`: `--resume_from_checkpoint last` means the last *complete* checkpoint. The Trainer writes a
+  checkpoint's `trainer_state.json` last, so a checkpoint whose state file is missing, unreadable or of another step
+  was cut short (a kill, a full disk) and is skipped.
+- `publish`: the final save is written to a staging folder and then moved into the output folder, so a save that
+  fails half way (a full disk) leaves the previous model (config, weights, processor) as it was.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".smartclip-train.lock"
+STAGING_NAME = ".final-save.tmp"
+TRAINER_STATE_NAME = "trainer_state.json"  # what the Trainer writes last into a checkpoint
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Weight files of a save: one left over from an earlier save of another layout (sharded vs single) would be loaded
+# instead of, or mixed with, the new one.
+_WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
+
+
+# ----- lock -------------------------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+class RunLock:
+    """`output_dir/.smartclip-train.lock` while a run writes into `output_dir` (use as a context manager).
+
+    The lock file holds the owner's pid, host and start time; it is created complete in one step (written under a
+    temporary name, then hard-linked to the lock name, which fails if the lock exists).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.path = Path(output_dir, LOCK_NAME)
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        temporary = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}")
+        temporary.write_text(json.dumps(record))
+        try:
+            for _ in range(2):  # a second try after removing a dead run's lock
+                try:
+                    os.link(temporary, self.path)
+                    return
+                except FileExistsError:
+                    holder = self._holder()
+                    if holder is None:
+                        continue  # released in between
+                    if holder.get("host") == record["host"] and not _pid_alive(int(holder.get("pid", -1))):
+                        logger.warning("Removing the lock of a run that is gone (pid %s, started %s): %s",
+                                       holder.get("pid"), holder.get("started"), self.path)
+                        self.path.unlink(missing_ok=True)
+                        continue
+                    raise ValueError(
+                        f"--output_dir {self.path.parent} is in use by another run (pid {holder.get('pid', '?')} on "
+                        f"{holder.get('host', '?')}, started {holder.get('started', '?')}); lock file {self.path}. "
+                        "Choose another --output_dir, or delete the lock file if no run is using the folder."
+                    )
+            raise ValueError(f"Could not take the lock {self.path}; delete it if no run is using the folder.")
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if (self._holder() or {}).get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+# ----- checkpoints ------------------------------------------------------------------------------------------------
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """N of a `checkpoint-N` folder name, else None."""
+    match = _CHECKPOINT.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def incomplete_reason(checkpoint: str | os.PathLike) -> str | None:
+    """Why `checkpoint` was cut short, or None when it is complete."""
+    state_file = Path(checkpoint, TRAINER_STATE_NAME)
+    if not state_file.is_file():
+        return f"no {TRAINER_STATE_NAME}"
+    try:
+        step = json.loads(state_file.read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"unreadable {TRAINER_STATE_NAME} ({type(error).__name__})"
+    expected = checkpoint_step(checkpoint)
+    if expected is not None and step != expected:
+        return f"{TRAINER_STATE_NAME} is of step {step}"
+    return None
+
+
+def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir`, by step."""
+    folder = Path(output_dir)
+    found = [path for path in folder.iterdir() if path.is_dir() and checkpoint_step(path) is not None] if folder.is_dir() else []
+    return sorted(found, key=checkpoint_step)
+
+
+def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str | os.PathLike) -> str | None:
+    """The checkpoint folder to resume from: the last complete one of `output_dir` for `True` / `"last"`, the given
+    folder (checked) for a path, None for no resume. Logs which one and which incomplete ones were skipped."""
+    if resume_from_checkpoint in (None, False, "", "false", "False"):
+        return None
+    if resume_from_checkpoint not in (True, "last", "true", "True"):
+        reason = incomplete_reason(resume_from_checkpoint) if Path(resume_from_checkpoint).is_dir() else "no folder"
+        if reason is not None:
+            raise ValueError(
+                f"--resume_from_checkpoint {resume_from_checkpoint}: not a complete checkpoint ({reason}); "
+                "a run killed while saving leaves such a folder. Use `last` to resume from the last complete one."
+            )
+        logger.info("Resuming from %s.", resume_from_checkpoint)
+        return str(resume_from_checkpoint)
+    skipped = []
+    for checkpoint in reversed(checkpoints(output_dir)):
+        reason = incomplete_reason(checkpoint)
+        if reason is None:
+            logger.info("Resuming from %s%s.", checkpoint,
+                        f" (skipped incomplete {', '.join(skipped)})" if skipped else "")
+            if skipped:
+                logger.warning("Skipped incomplete checkpoints (cut short while being saved): %s", ", ".join(skipped))
+            return str(checkpoint)
+        skipped.append(f"{checkpoint.name}: {reason}")
+    raise ValueError(
+        f"--resume_from_checkpoint last: no complete checkpoint in {output_dir}"
+        + (f" (incomplete: {'; '.join(skipped)})." if skipped else " (no checkpoint-N folder).")
+    )
+
+
+# ----- the folder -------------------------------------------------------------------------------------------------
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: bool) -> None:
+    """Refuses a folder that holds an earlier run unless this run resumes it or `overwrite` is set.
+
+    With `overwrite`, the earlier run's `checkpoint-N` folders are removed, so that neither checkpoint rotation nor
+    a later `--resume_from_checkpoint last` picks up a checkpoint of the other run; its other files are replaced by
+    this run's as they are written.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return
+    used = sorted(path.name for path in folder.iterdir() if not path.name.startswith(LOCK_NAME))
+    if not used or resume:
+        return
+    if not overwrite:
+        shown = ", ".join(used[:5]) + (f" and {len(used) - 5} more" if len(used) > 5 else "")
+        raise ValueError(
+            f"--output_dir {folder} already holds files ({shown}). Pass --overwrite_output_dir to train into it "
+            "anyway (its checkpoints are removed), --resume_from_checkpoint last to continue its run, or choose "
+            "another --output_dir."
+        )
+    stale = checkpoints(folder)
+    if stale:
+        logger.warning("--overwrite_output_dir: removing the earlier run's %s", ", ".join(p.name for p in stale))
+        for checkpoint in stale:
+            shutil.rmtree(checkpoint)
+
+
+def publish(staging: str | os.PathLike, output_dir: str | os.PathLike) -> None:
+    """Moves everything in `staging` into `output_dir`, each entry by one rename, `config.json` last; then removes
+    weight files of an earlier save that this one does not have, and `staging`.
+
+    Until the renames start, `output_dir` keeps the previous save whole; the renames take microseconds, where
+    writing the weights takes as long as the disk needs (and fails when it is full).
+    """
+    staging, output_dir = Path(staging), Path(output_dir)
+    new = {path.name for path in staging.iterdir()}
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
+        target = output_dir / path.name
+        if path.is_dir() and target.is_dir():
+            shutil.rmtree(target)
+        os.replace(path, target)
+    for path in output_dir.iterdir():
+        if _WEIGHT_FILE.match(path.name) and path.name not in new:
+            path.unlink()
+    staging.rmdir()
+
+
+__all__ = [
+    "LOCK_NAME", "STAGING_NAME", "RunLock", "check_output_dir", "checkpoints", "checkpoint_step", "incomplete_reason",
+    "publish", "resolve_checkpoint",
+]

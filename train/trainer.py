@@ -1,0 +1,178 @@
+"""`SmartCLIPTrainer`: the HF `Trainer` with an objective computed on the global batch, a learning rate of the mask
+head's own, retrieval recall at each evaluation, and a final save that replaces the previous one whole."""
+
+import hashlib
+import os
+import shutil
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
+from transformers import EvalPrediction, Trainer
+from transformers.trainer_optimizer import is_optimizer_factory
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from modeling_smartclip.masking import similarity
+from smartclip_eval.metrics import retrieval_metrics
+
+from .collator import CaptionCollator
+from .objectives import TrainingLoss
+from .run_folder import STAGING_NAME, TRAINER_STATE_NAME, publish
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")  # the rest of a batch is for the objective
+RECALL_AT = (1, 5, 10)
+
+
+def image_keys(pixel_values: torch.Tensor) -> torch.Tensor:
+    """`(B,)` int64 hashes of each image's pixels `(B, 3, H, W)`: one image listed with several captions (a csv of
+    image-caption rows) gets one key, so each of its captions counts as right for it."""
+    rows = pixel_values.detach().to("cpu", torch.float32).contiguous().numpy()
+    keys = [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little", signed=True) for row in rows]
+    return torch.tensor(keys, device=pixel_values.device)
+
+
+def recall_metrics(text_embeds: torch.Tensor, image_embeds: torch.Tensor, text_masks: torch.Tensor | None,
+                   keys: torch.Tensor, scoring: str) -> dict[str, float]:
+    """`{"t2i_R@k", "i2t_R@k"}` for k in `RECALL_AT` of evaluation pairs, scored as `scoring`.
+
+    Args:
+        text_embeds, image_embeds: `(N, D)` features of the N evaluation pairs (caption i goes with image i).
+        text_masks: `(N, D)` the captions' masks (modular scoring only).
+        keys: `(N,)` `image_keys` of the images; a caption is right for every image with its image's key.
+    """
+    scores = similarity(F.normalize(text_embeds.float(), dim=-1), F.normalize(image_embeds.float(), dim=-1),
+                        None if text_masks is None else text_masks.float(), scoring, chunk_size=1024)  # (N, N)
+    recall = retrieval_metrics(scores, keys[:, None] == keys[None, :], ks=RECALL_AT)
+    return {f"t2i_R@{k}": recall[f"image_retrieval_recall@{k}"] for k in RECALL_AT} | {
+        f"i2t_R@{k}": recall[f"text_retrieval_recall@{k}"] for k in RECALL_AT
+    }
+
+
+class SmartCLIPTrainer(Trainer):
+    """A `Trainer` whose loss is a `TrainingLoss` plug-in on the global batch, with a learning rate of its own for
+    the mask head.
+
+    Evaluation reports, beside `eval_loss`, text-to-image and image-to-text recall on the evaluation pairs
+    (`eval_t2i_R@1`, `eval_i2t_R@5`, ...) under the model's `config.scoring` (and, when that is modular, under plain
+    scoring too, as `eval_t2i_R@1_plain`), so `--metric_for_best_model eval_t2i_R@1` works; `--prediction_loss_only`
+    turns it off. `save_model` writes to a staging folder and then moves the files in (`run_folder.publish`).
+
+    Args:
+        training_loss: the plug-in (`build_loss`).
+        mask_learning_rate: learning rate of the mask head's parameters (the towers use `args.learning_rate`).
+        no_decay: suffixes of parameter names kept out of weight decay (beyond biases and norms).
+    """
+
+    loss_is_scaled_for_ga = False  # the plug-in returns a per-batch mean; the Trainer divides by accumulation steps
+
+    def __init__(self, *args, training_loss: TrainingLoss, mask_learning_rate: float = 1e-3,
+                 no_decay: tuple[str, ...] = (), **kwargs):
+        kwargs.setdefault("compute_metrics", self.retrieval_recall)
+        super().__init__(*args, **kwargs)
+        self.training_loss = training_loss
+        self.mask_learning_rate = mask_learning_rate
+        self.no_decay = tuple(no_decay)
+        self._loss_logs: dict[str, list[float]] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # The model runs without `return_loss`: the plug-in computes the loss once the features of all ranks are in.
+        outputs = model(**{name: value for name, value in inputs.items() if name in MODEL_INPUTS})
+        loss, logs = self.training_loss(model, outputs, inputs)
+        if model.training:
+            for name, value in logs.items():
+                self._loss_logs.setdefault(name, []).append(value)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._loss_logs:  # a training log: add the plug-in's means since the previous one
+            logs.update({name: sum(values) / len(values) for name, values in self._loss_logs.items()})
+            self._loss_logs = {}
+        super().log(logs, start_time)
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        # Score the same captions at every evaluation, so that eval losses along training are comparable.
+        if isinstance(self.data_collator, CaptionCollator):
+            with self.data_collator.fixed_epoch(0):
+                return super().evaluate(*args, **kwargs)
+        return super().evaluate(*args, **kwargs)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """`(eval loss, (text_embeds, image_embeds[, text_masks]), image_keys)` of a batch, for `retrieval_recall`."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        loss = loss.detach().mean()
+        if prediction_loss_only:
+            return loss, None, None
+        features = (outputs.text_embeds, outputs.image_embeds)
+        if outputs.text_masks is not None:
+            features += (outputs.text_masks,)
+        return loss, tuple(feature.detach() for feature in features), image_keys(inputs["pixel_values"])
+
+    def retrieval_recall(self, prediction: EvalPrediction) -> dict[str, float]:
+        """The default `compute_metrics`: recall@k of the evaluation pairs, gathered over all ranks."""
+        text_embeds, image_embeds, *masks = (torch.as_tensor(array) for array in prediction.predictions)
+        keys = torch.as_tensor(prediction.label_ids)
+        scoring = extract_model_from_parallel(self.model).config.scoring
+        metrics = recall_metrics(text_embeds, image_embeds, masks[0] if masks else None, keys, scoring)
+        if scoring != "plain":  # how much the masks add, in the same log
+            plain = recall_metrics(text_embeds, image_embeds, None, keys, "plain")
+            metrics |= {f"{name}_plain": value for name, value in plain.items()}
+        return metrics
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Checkpoints as the Trainer writes them; the final model to a staging folder, then moved into place."""
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call=True)
+        output_dir = self.args.output_dir if output_dir is None else output_dir
+        staging = os.path.join(output_dir, STAGING_NAME)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # a failed save's leftovers
+        super().save_model(staging, _internal_call=True)
+        if self.args.should_save:
+            publish(staging, output_dir)
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # Saving again into an existing checkpoint folder (after resuming from an earlier one): remove its state file
+        # first, so that a save cut short is never taken for complete (`run_folder.incomplete_reason`).
+        checkpoint = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME)):
+            os.remove(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        super()._save_checkpoint(model, trial)
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        return [name for name in super().get_decay_parameter_names(model) if not name.endswith(self.no_decay)]
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The configured optimizer over four groups: (towers | mask head) x (decayed | not decayed)."""
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        head = {id(param) for param in extract_model_from_parallel(opt_model).mask_head.parameters()}
+        decayed = set(self.get_decay_parameter_names(opt_model))
+        groups = []
+        for in_head, learning_rate in ((False, self.args.learning_rate), (True, self.mask_learning_rate)):
+            for decay in (True, False):
+                params = [
+                    param for name, param in opt_model.named_parameters()
+                    if param.requires_grad and (id(param) in head) == in_head and (name in decayed) == decay
+                ]
+                if params:
+                    groups.append({"params": params, "lr": learning_rate,
+                                   "weight_decay": self.args.weight_decay if decay else 0.0})
+        optimizer_cls, optimizer_kwargs = (
+            self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        )
+        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+            raise ValueError(
+                f"--optim {self.args.optim} builds its own parameter groups, so the mask head cannot get its own "
+                "learning rate; choose an optimizer such as adamw_torch."
+            )
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+__all__ = ["MODEL_INPUTS", "SmartCLIPTrainer"]
