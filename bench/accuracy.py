@@ -22,8 +22,10 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt
 import torch
 
-from .common import OUT_DIR, main_for, parser, section
+from modeling_smartclip.configuration_smartclip import SCORINGS
 from smartclip_experiments.plots import plot_training_curves
+
+from .common import OUT_DIR, main_for, parser, section
 
 TITLE = "Accuracy per unit of compute: metric vs training step"
 DEFAULT_RESULTS = Path("outputs/compare/results.json")
@@ -32,7 +34,6 @@ BOOKKEEPING = {
     "train_steps_per_second", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
 }
 HEADLINE = ("scenes_long/t2i_R@1", "scenes_zeroshot/acc1", "scenes_atomic/acc")
-SCORINGS = ("plain", "modular")
 
 
 def find_runs(results, name: str = "") -> dict[str, dict]:

@@ -1,12 +1,16 @@
 """Question 1: what does a SmartCLIP training step cost next to a CLIP one?
 
-One step = zero the gradients, forward with `return_loss=True`, backward, AdamW step. SmartCLIP runs its mask head and
-the modular loss; `CLIPModel` runs CLIP's loss; towers, weights and inputs are identical. Goal: time ratio <= 1.05.
+One step = zero the gradients, forward, loss, backward, AdamW step. SmartCLIP's step is `SmartCLIPTrainer`'s: a
+forward without logits (`return_logits=False`, `output_text_masks=True`) and the `smartclip` objective; a second row
+times `forward(return_loss=True)`. `CLIPModel` runs `forward(return_loss=True)`; towers, weights and inputs are
+identical. Goal (issue 18): time ratio <= 1.05 at batches 64 and 256.
 
     python -m bench.train_step [--size mid] [--batch 64 256] [--quick]
 """
 
 import torch
+
+from smartclip_train.objectives import build_objective
 
 from .common import Goal, count_flops, main_for, parser, profile_difference, resolve_device, row, section, time_runs
 from .towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
@@ -16,8 +20,17 @@ REPEATS = 7
 
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> None:
+    """`forward(return_loss=True)`, backward, step (CLIPModel's, and SmartCLIP's own loss)."""
     optimizer.zero_grad(set_to_none=True)
     model(**batch, return_loss=True).loss.backward()
+    optimizer.step()
+
+
+def trainer_step(model, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], objective) -> None:
+    """What `SmartCLIPTrainer.compute_loss` runs, then backward and step."""
+    optimizer.zero_grad(set_to_none=True)
+    outputs = model(**batch, output_text_masks=objective.needs_text_masks, return_logits=False)
+    objective(model, outputs, batch)[0].backward()
     optimizer.step()
 
 
@@ -33,23 +46,28 @@ def run(args) -> dict:
     clip.to(device).train()
     smartclip.to(device).train()
     optimizers = {"smartclip": torch.optim.AdamW(smartclip.parameters()), "clip": torch.optim.AdamW(clip.parameters())}
-    models = {"smartclip": smartclip, "clip": clip}
+    objective = build_objective("smartclip")
 
     print(f"[train_step] size {size_name}, text length {text_len}, batches {batches}, {repeats} repeats")
     rows, profiled = [], False
     for batch_size in batches:
         batch = {k: v.to(device) for k, v in random_batch(size, processor, batch_size, text_len).items()}
-        steps = {name: (lambda name=name: training_step(models[name], optimizers[name], batch)) for name in models}
+        steps = {
+            "trainer": lambda: trainer_step(smartclip, optimizers["smartclip"], batch, objective),
+            "return_loss": lambda: training_step(smartclip, optimizers["smartclip"], batch),
+            "clip": lambda: training_step(clip, optimizers["clip"], batch),
+        }
         seconds = time_runs(steps, repeats, args.warmup, device)
         flops = {name: count_flops(step) for name, step in steps.items()}
-        result = row(
-            f"training step, batch {batch_size}", seconds["smartclip"], seconds["clip"], GOAL, batch=batch_size,
-            flop_ratio=flops["smartclip"] / flops["clip"],
-        )
-        if result["met"] is False and not args.quick and device.type == "cpu" and not profiled:
-            result["profile"] = profile_difference(steps)  # once, at the smallest batch that misses
-            profiled = True
-        rows.append(result)
+        for variant, label in (("trainer", "SmartCLIPTrainer's step"), ("return_loss", "forward(return_loss=True)")):
+            result = row(
+                f"training step, batch {batch_size}, {label}", seconds[variant], seconds["clip"], GOAL,
+                batch=batch_size, variant=variant, flop_ratio=flops[variant] / flops["clip"],
+            )
+            if result["met"] is False and not args.quick and device.type == "cpu" and not profiled:
+                result["profile"] = profile_difference({variant: steps[variant], "clip": steps["clip"]})
+                profiled = True  # once, at the first row that misses
+            rows.append(result)
 
     notes = [
         f"towers: {size_name} {size}; captions of {text_len} tokens; SmartCLIP = CLIP's towers + mask head "

@@ -1,10 +1,12 @@
-"""Training data: the built-in scenes or any `datasets` source, reduced to three columns and cleaned.
+"""Training data: the built-in scenes, any `datasets` source, or csv/json files of image paths and captions (the
+`--train_file` / `--validation_file` of transformers' `run_clip.py`), reduced to three columns and cleaned.
 
 Every source becomes rows of `image` (left undecoded: a `{"bytes", "path"}` dict, a path or a PIL image; the collator
 decodes it), `long_caption` (`str`, `""` when absent) and `short_captions` (`list[str]`). A row is dropped, and counted
-under its reason, when its image cannot be decoded or when it has no non-empty caption. In-memory and on-disk
-datasets are checked once before training (every image is decoded once, in `preprocessing_num_workers` processes);
-streamed datasets are checked lazily as they are read, so their counts cover what training actually read.
+under its reason, when its image cannot be decoded, when its caption is not text (e.g. a number), or when it has no
+non-empty caption; the first few drops are logged with their row. In-memory and on-disk datasets are checked once
+before training (every image is decoded once, in `preprocessing_num_workers` processes), and a split with no usable
+row is an error; streamed datasets are checked lazily as they are read, so their counts cover what training read.
 """
 
 import functools
@@ -24,7 +26,11 @@ from .scenes import make_scenes
 logger = logging.getLogger(__name__)
 
 IMAGE, LONG_CAPTION, SHORT_CAPTIONS = "image", "long_caption", "short_captions"
-DROP_REASONS = ("unreadable image", "empty caption")
+DROP_REASONS = ("unreadable image", "empty caption", "invalid caption")
+# Column names tried when none is given: ours, then `run_clip.py`'s default; imagefolder's, then `run_clip.py`'s.
+IMAGE_COLUMNS = ("image", "image_path")
+CAPTION_COLUMNS = ("text", "caption")
+DATA_FILE_BUILDERS = {"csv": "csv", "json": "json", "jsonl": "json"}
 _REASON = "drop_reason"  # temporary column: "" (kept) or "<reason>: <detail>"
 _SHOWN_DETAILS = 3
 
@@ -44,14 +50,32 @@ class DataArguments:
     data_dir: str | None = field(
         default=None, metadata={"help": "`data_dir` of `load_dataset` (imagefolder's folder)."}
     )
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "A csv or json(-lines) file of image paths and captions for the `train` split (run_clip.py); "
+                  "paths are read as given (relative ones from the working directory)."},
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "The same for the `validation` split (evaluated with --do_eval)."}
+    )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(
-        default=None, metadata={"help": "Split for the Trainer's eval loss (`test` for the built-in scenes)."}
+        default=None,
+        metadata={"help": "Split for evaluation (eval loss and retrieval recall). Default with --do_eval: `validation` "
+                  "(`test` for the built-in scenes)."},
     )
     streaming: bool = field(
         default=False, metadata={"help": "Stream the source instead of loading it (needs --max_steps)."}
     )
-    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    image_column: str | None = field(
+        default=None,
+        metadata={"help": "Column holding the images (or image paths). Default: `image`, else `image_path` (run_clip.py)."},
+    )
+    caption_column: str | None = field(
+        default=None,
+        metadata={"help": "run_clip.py's caption column (one string per image): the same as --long_caption_column. "
+                  "Without any caption column: `text` (imagefolder), else `caption` (run_clip.py)."},
+    )
     long_caption_column: str | None = field(
         default=None, metadata={"help": "Column of long captions (one string per image). Built-in: long_caption."}
     )
@@ -67,18 +91,63 @@ class DataArguments:
     caption_seed: int | None = field(default=None, metadata={"help": "Seed of the caption draws; None: --seed."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Truncate captions to N tokens in training and evaluation (run_clip.py); default: the "
+                  "processor's limit (248 for a SmartCLIP). The saved processor keeps its own limit."},
+    )
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for the one-off check of a non-streamed dataset."}
+    )
+    overwrite_cache: bool = field(
+        default=False, metadata={"help": "Redo the check of the rows instead of reading `datasets`' cache of it."}
     )
     num_train_scenes: int = field(default=20000, metadata={"help": "Built-in data: training scenes."})
     num_test_scenes: int = field(default=1000, metadata={"help": "Built-in data: test scenes."})
     scenes_seed: int = field(default=0, metadata={"help": "Built-in data: generation seed."})
 
-    def caption_columns(self) -> tuple[str | None, str | None]:
-        """`(long_caption_column, short_captions_column)`, with the built-in scenes' columns as their default."""
-        if self.dataset_name is None and self.long_caption_column is None and self.short_captions_column is None:
+    def __post_init__(self):
+        if self.caption_column is not None and self.long_caption_column not in (None, self.caption_column):
+            raise ValueError(
+                f"--caption_column={self.caption_column!r} and --long_caption_column={self.long_caption_column!r}: "
+                "they name the same thing (the one caption per image); give one."
+            )
+        if (self.train_file or self.validation_file) and self.dataset_name is not None:
+            raise ValueError(
+                f"--dataset_name={self.dataset_name!r} and --train_file/--validation_file: expected one data source."
+            )
+        for flag, path in (("train_file", self.train_file), ("validation_file", self.validation_file)):
+            if path is not None and Path(path).suffix.lstrip(".").lower() not in DATA_FILE_BUILDERS:
+                raise ValueError(f"--{flag}={path!r}; expected a .csv, .json or .jsonl file.")
+        if self.max_seq_length is not None and self.max_seq_length < 2:
+            raise ValueError(f"--max_seq_length={self.max_seq_length}; expected at least 2 (start and end tokens).")
+
+    @property
+    def builtin(self) -> bool:
+        """Whether the data are the built-in scenes (no dataset and no data files given)."""
+        return self.dataset_name is None and self.train_file is None and self.validation_file is None
+
+    def caption_columns(self, columns: list[str] | None = None) -> tuple[str | None, str | None]:
+        """`(long_caption_column, short_captions_column)`: as given (`--caption_column` is the long one), else the
+        built-in scenes' columns, else the first of `CAPTION_COLUMNS` among `columns` as the long one."""
+        long_column = self.long_caption_column or self.caption_column
+        if long_column is not None or self.short_captions_column is not None:
+            return long_column, self.short_captions_column
+        if self.builtin:
             return LONG_CAPTION, SHORT_CAPTIONS
-        return self.long_caption_column, self.short_captions_column
+        return next((column for column in CAPTION_COLUMNS if column in (columns or ())), None), None
+
+    def image_column_of(self, columns: list[str]) -> str:
+        """`--image_column`, or the first of `IMAGE_COLUMNS` among `columns`."""
+        if self.image_column is not None:
+            return self.image_column
+        return next((column for column in IMAGE_COLUMNS if column in columns), IMAGE_COLUMNS[0])
+
+    def eval_split_for(self, do_eval: bool) -> str | None:
+        """`--eval_split`, or with `do_eval` the validation split (`test` for the built-in scenes)."""
+        if self.eval_split is not None or not do_eval:
+            return self.eval_split
+        return "test" if self.builtin else "validation"
 
 
 class DropCounter:
@@ -161,17 +230,23 @@ def drop_reason(image, long_caption: str, short_captions: list[str]) -> str:
     return ""
 
 
-def _standardise(batch: dict[str, list], image_column: str, long_column: str | None, short_column: str | None) -> dict:
-    """Batched `map` function: the caption columns under their standard names, cleaned, plus the drop reason."""
+def _standardise(batch: dict[str, list], indices: list[int], image_column: str, long_column: str | None,
+                 short_column: str | None) -> dict:
+    """Batched `map` function: the caption columns under their standard names, cleaned, plus the drop reason (which
+    names the row)."""
     size = len(batch[image_column])
     longs = batch[long_column] if long_column else [None] * size
     shorts = batch[short_column] if short_column else [None] * size
     out = {LONG_CAPTION: [], SHORT_CAPTIONS: [], _REASON: []}
-    for image, long_caption, short_captions in zip(batch[image_column], longs, shorts):
-        long_caption, short_captions = clean_captions(long_caption, short_captions)
+    for index, image, long_caption, short_captions in zip(indices, batch[image_column], longs, shorts):
+        try:
+            long_caption, short_captions = clean_captions(long_caption, short_captions)
+            reason = drop_reason(image, long_caption, short_captions)
+        except ValueError as error:  # a caption that is not text
+            long_caption, short_captions, reason = "", [], f"invalid caption: {error}"
         out[LONG_CAPTION].append(long_caption)
         out[SHORT_CAPTIONS].append(short_captions)
-        out[_REASON].append(drop_reason(image, long_caption, short_captions))
+        out[_REASON].append(reason.replace(": ", f": row {index}: ", 1) if reason else "")
     return out
 
 
@@ -185,18 +260,66 @@ def builtin_scenes(num_train: int, num_test: int, seed: int) -> DatasetDict:
     return make_scenes(num_train=num_train, num_test=num_test, seed=seed)
 
 
-def load_source(args: DataArguments, split: str) -> Dataset | IterableDataset:
-    """One raw split: the built-in scenes, a `save_to_disk` folder, or anything `load_dataset` reads (streamed or not)."""
-    if args.dataset_name is None:
+def _first_bad_utf8_line(paths: list[Path]) -> str | None:
+    """`"<file>, line <n>: ..."` for the first line of `paths` that is not UTF-8, else None."""
+    for path in paths:
+        with open(path, "rb") as lines:
+            for number, line in enumerate(lines, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    return f"{path}, line {number}: not valid UTF-8 ({error.reason} at byte {error.start} of the line)"
+    return None
+
+
+def _text_files(args: DataArguments) -> list[Path]:
+    """The local text files a source reads its rows or metadata from: the data files, or an imagefolder's metadata."""
+    files = [Path(path) for path in (args.train_file, args.validation_file) if path is not None]
+    for folder in (args.data_dir, args.dataset_name):
+        if folder is not None and Path(folder).is_dir():
+            files += [path for path in Path(folder).rglob("metadata.*") if path.suffix in (".jsonl", ".json", ".csv")]
+    return files
+
+
+def _load_dataset(args: DataArguments, split: str, **hub_kwargs) -> Dataset | IterableDataset:
+    """`load_dataset` of `--dataset_name` or of the data files; a metadata or data line that is not UTF-8 is a
+    `ValueError` naming the file and line (`datasets` reports only a byte position in an unnamed chunk)."""
+    try:
+        if args.dataset_name is not None:
+            return load_dataset(args.dataset_name, args.dataset_config_name, data_dir=args.data_dir, split=split,
+                                streaming=args.streaming, **hub_kwargs)
+        files = {name: path for name, path in (("train", args.train_file), ("validation", args.validation_file)) if path}
+        if split not in files:
+            raise ValueError(
+                f"Split {split!r} not found in the data files; available: {list(files)} "
+                "(--train_file is `train`, --validation_file is `validation`)."
+            )
+        builder = DATA_FILE_BUILDERS[Path(files[split]).suffix.lstrip(".").lower()]
+        return load_dataset(builder, data_files={split: files[split]}, split=split, streaming=args.streaming,
+                            **hub_kwargs)
+    except Exception as error:
+        cause = error
+        while cause is not None and not isinstance(cause, UnicodeDecodeError):
+            cause = cause.__cause__ or cause.__context__
+        bad_line = _first_bad_utf8_line(_text_files(args)) if cause is not None else None
+        if bad_line is None:
+            raise
+        raise ValueError(f"{bad_line}; the file must be UTF-8 text.") from error
+
+
+def load_source(args: DataArguments, split: str, **hub_kwargs) -> Dataset | IterableDataset:
+    """One raw split: the built-in scenes, a `save_to_disk` folder, csv/json data files, or anything `load_dataset`
+    reads (streamed or not). `hub_kwargs` (`token`, `cache_dir`) go to `load_dataset`."""
+    if args.builtin:
         splits = builtin_scenes(args.num_train_scenes, args.num_test_scenes, args.scenes_seed)
-    elif Path(args.dataset_name, "dataset_dict.json").is_file() or Path(args.dataset_name, "state.json").is_file():
+    elif args.dataset_name is not None and (
+        Path(args.dataset_name, "dataset_dict.json").is_file() or Path(args.dataset_name, "state.json").is_file()
+    ):
         splits = load_from_disk(args.dataset_name)
         if isinstance(splits, Dataset):
             splits = DatasetDict({split: splits})
     else:
-        return load_dataset(
-            args.dataset_name, args.dataset_config_name, data_dir=args.data_dir, split=split, streaming=args.streaming
-        )
+        return _load_dataset(args, split, **hub_kwargs)
     if split not in splits:
         source = args.dataset_name or "the built-in scenes"
         raise ValueError(f"Split {split!r} not found in {source}; available: {list(splits)}.")
@@ -209,30 +332,41 @@ def _column_names(dataset: Dataset | IterableDataset) -> list[str]:
     return list(next(iter(dataset)))  # a stream with unknown features: read its first row
 
 
-def _check_columns(args: DataArguments, columns: list[str]) -> tuple[str | None, str | None]:
-    long_column, short_column = args.caption_columns()
+def _check_columns(args: DataArguments, columns: list[str]) -> tuple[str, str | None, str | None]:
+    """`(image_column, long_caption_column, short_captions_column)` of the dataset, each checked."""
+    image_column = args.image_column_of(columns)
+    long_column, short_column = args.caption_columns(columns)
     if long_column is None and short_column is None:
         raise ValueError(
-            "No caption column: set --long_caption_column and/or --short_captions_column; "
-            f"available columns: {columns}."
+            f"No caption column: none of {list(CAPTION_COLUMNS)} is a column; set --caption_column (or "
+            f"--long_caption_column) and/or --short_captions_column; available columns: {columns}."
         )
-    for argument, column in (("image_column", args.image_column), ("long_caption_column", long_column),
+    long_flag = "long_caption_column" if args.long_caption_column or not args.caption_column else "caption_column"
+    for argument, column in (("image_column", image_column), (long_flag, long_column),
                              ("short_captions_column", short_column)):
         if column is not None and column not in columns:
             raise ValueError(f"--{argument}={column!r} is not a column of the dataset; available columns: {columns}.")
-    return long_column, short_column
+    return image_column, long_column, short_column
+
+
+def _no_usable_rows(split: str, counts: dict[str, int]) -> ValueError:
+    reasons = ", ".join(f"{count} {reason}s" for reason, count in counts.items())
+    return ValueError(
+        f"The {split} split has no usable rows ({reasons}); the first drops are logged above with their rows."
+    )
 
 
 def load_split(
-    args: DataArguments, split: str, drops: DropCounter, max_samples: int | None = None
+    args: DataArguments, split: str, drops: DropCounter, max_samples: int | None = None, **hub_kwargs
 ) -> Dataset | IterableDataset:
-    """One split with columns `image`, `long_caption`, `short_captions`; dropped rows are counted in `drops`."""
-    dataset = load_source(args, split)
+    """One split with columns `image`, `long_caption`, `short_captions`; dropped rows are counted in `drops`.
+    A non-streamed split left with no row is a `ValueError` giving the counts. `hub_kwargs` go to `load_dataset`."""
+    dataset = load_source(args, split, **hub_kwargs)
     columns = _column_names(dataset)
-    long_column, short_column = _check_columns(args, columns)
-    if isinstance((dataset.features or {}).get(args.image_column), ImageFeature):
+    image_column, long_column, short_column = _check_columns(args, columns)
+    if isinstance((dataset.features or {}).get(image_column), ImageFeature):
         # Decode in our own code, where a corrupt file is caught, not inside `datasets`' row access.
-        dataset = dataset.cast_column(args.image_column, ImageFeature(decode=False))
+        dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
     if max_samples is not None:
         if isinstance(dataset, IterableDataset):
             dataset = dataset.take(max_samples)
@@ -240,26 +374,31 @@ def load_split(
             dataset = dataset.select(range(min(max_samples, len(dataset))))
 
     standardise = functools.partial(
-        _standardise, image_column=args.image_column, long_column=long_column, short_column=short_column
+        _standardise, image_column=image_column, long_column=long_column, short_column=short_column
     )
-    others = [column for column in columns if column != args.image_column]
+    others = [column for column in columns if column != image_column]
     if isinstance(dataset, IterableDataset):
-        dataset = dataset.map(standardise, batched=True, remove_columns=others)
+        dataset = dataset.map(standardise, batched=True, with_indices=True, remove_columns=others)
         dataset = dataset.filter(drops.keep, input_columns=_REASON)
     else:
         dataset = dataset.map(
-            standardise, batched=True, remove_columns=others, num_proc=args.preprocessing_num_workers,
+            standardise, batched=True, with_indices=True, remove_columns=others,
+            num_proc=args.preprocessing_num_workers, load_from_cache_file=not args.overwrite_cache,
             desc=f"Checking the {split} images and captions",
         )
         for reason in dataset[_REASON]:
             drops.keep(reason)
         dataset = dataset.filter(_is_kept, batched=True, input_columns=_REASON)
+        if len(dataset) == 0:
+            raise _no_usable_rows(split, drops.totals())
     dataset = dataset.remove_columns(_REASON)
-    return dataset.rename_column(args.image_column, IMAGE) if args.image_column != IMAGE else dataset
+    return dataset.rename_column(image_column, IMAGE) if image_column != IMAGE else dataset
 
 
 __all__ = [
+    "CAPTION_COLUMNS",
     "DROP_REASONS",
+    "IMAGE_COLUMNS",
     "DataArguments",
     "DropCounter",
     "IMAGE",

@@ -1,8 +1,10 @@
 """SmartCLIP demo: zero-shot classification, retrieval and mask inspection in a Gradio app.
 
-Run `smartclip-demo --model PATH_OR_REPO_ID` (or `python app.py` in a Hugging Face Space). The app loads the model
-with `trust_remote_code=True`, so this file needs only torch, transformers, gradio, pillow, numpy and matplotlib:
-it is copied unchanged into the Space folder that `smartclip_demo.space` writes.
+Run `smartclip-demo --model PATH_OR_REPO_ID` (or `python app.py` in a Hugging Face Space). With the smartclip package
+installed, the model loads with its classes (the checkpoint's code is never run) and must load exactly; in a Space,
+where only this file is copied (by `smartclip_demo.space`), it loads with `trust_remote_code=True` and the encoders
+and scoring come from the model repo's own code, so this file needs only torch, transformers, gradio, pillow, numpy
+and matplotlib.
 
 Nothing reaches out of the machine: the server binds 127.0.0.1 unless told otherwise, there is no share link, and
 Gradio's analytics and version check are off (the environment variable must be set before gradio is imported).
@@ -18,6 +20,7 @@ import functools
 import io
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,17 +30,29 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, UnidentifiedImageError
-from transformers import AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor, pipeline
+from transformers import (
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+    PretrainedConfig,
+    pipeline,
+)
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 # What the README's main job (`smartclip-compare`) saves.
 DEFAULT_MODEL_DIR = "outputs/compare/smartclip"
 MODEL_ENV_VAR = "SMARTCLIP_MODEL"
 # Written next to app.py in a Space: {"model": "owner/repo"}.
 SPACE_CONFIG_FILE = "space_config.json"
-# In a gallery folder: the captions an image searches, one per line.
+# In a gallery folder: the captions an image searches, one per line; or an imagefolder's captions per image.
 CAPTIONS_FILE = "captions.txt"
+METADATA_FILE = "metadata.jsonl"
 BUILTIN_GALLERY_SIZE = 64
-SCORINGS = ("plain", "modular")
+# Pixels an image may have; the size is read from the file's header, so a larger one is refused before decoding
+# (a 450 KB PNG can hold 12,000 x 12,000 pixels, 430 MB decoded). 50 megapixels is a large camera's photo.
+MAX_IMAGE_PIXELS = 50_000_000
+# The one placeholder of a zero-shot template, substituted literally (never `str.format`).
+LABEL_PLACEHOLDER = "{}"
 # A caption this long is a paste accident, not a description: 248 tokens are roughly 1,000-1,500 characters.
 MAX_CAPTION_CHARS = 5000
 MAX_CAPTIONS = 16
@@ -70,23 +85,68 @@ class Gallery:
         return text
 
 
-def load_gallery_folder(folder: str | os.PathLike) -> Gallery:
-    """Every readable image in `folder` (not recursive); files that are not images are skipped and counted.
+def open_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
+    """The RGB image in the file at `path`, decoded now (a truncated file fails here, not later).
 
-    The captions come from `captions.txt` in the folder (one per line) when present, else from the built-in scenes.
+    Raises `ValueError` naming the file (`name`, default the path) when it is not an image that can be read, or when
+    its header gives more than `MAX_IMAGE_PIXELS` pixels: then nothing is decoded.
+    """
+    name = name or str(path)
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"{name} is {image.width:,} x {image.height:,} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels "
+                    "(downscale it first)."
+                )
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{name} is not an image that can be read (PNG, JPEG, WebP, ...).") from error
+
+
+def _read_imagefolder(folder: Path) -> tuple[list[Image.Image], list[str], list[str]]:
+    """Images and captions of an imagefolder (`metadata.jsonl`), read the way training reads it:
+    `(images, names, captions)` with each image's long caption then its short ones."""
+    try:
+        from smartclip_data.sources import DataArguments, DropCounter, load_split
+    except ImportError as error:
+        raise ValueError(
+            f"--gallery {folder} has a {METADATA_FILE}: reading it needs the smartclip package (smartclip_data)."
+        ) from error
+    images, names, captions = [], [], []
+    for row in load_split(DataArguments(dataset_name=str(folder)), "train", DropCounter()):
+        path = Path(row["image"]["path"])
+        try:
+            images.append(open_image(path, path.name))
+        except ValueError:
+            continue  # too large: listed as skipped
+        names.append(path.name)
+        captions += [caption for caption in [row["long_caption"], *row["short_captions"]] if caption]
+    return images, names, captions
+
+
+def load_gallery_folder(folder: str | os.PathLike) -> Gallery:
+    """Every readable image in `folder` (not recursive); other files are skipped and counted.
+
+    An imagefolder (a `metadata.jsonl` naming each image's captions) is read by training's own reader
+    (`smartclip_data.sources.load_split`), and its captions are the ones an image searches. Otherwise the captions
+    come from `captions.txt` in the folder (one per line) when present, else from the built-in scenes.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"--gallery {folder}: not a folder; expected a folder of images.")
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    files = [p for p in files if p.name not in (CAPTIONS_FILE, METADATA_FILE)]
+    if (folder / METADATA_FILE).is_file():
+        images, names, captions = _read_imagefolder(folder)
+        skipped = [p.name for p in files if p.name not in set(names)]
+        return Gallery(str(folder), images, names, list(dict.fromkeys(captions)), skipped)
     images, names, skipped = [], [], []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or path.name == CAPTIONS_FILE:
-            continue
+    for path in files:
         try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))  # convert() decodes now, so a truncated file fails here
+            images.append(open_image(path, path.name))
             names.append(path.name)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        except ValueError:
             skipped.append(path.name)
     captions_path = folder / CAPTIONS_FILE
     if captions_path.is_file():
@@ -165,10 +225,8 @@ def mask_figure(masks: np.ndarray, overlap: np.ndarray) -> Image.Image:
 
 def ranking_table(name: str, items: list[str], scores: dict[str, torch.Tensor]) -> dict:
     """A Gradio table of ranked `items`, best first, with one column of cosines per scoring."""
-    rows = [
-        [rank + 1, item, *(round(float(scores[s][rank]), 4) for s in SCORINGS)] for rank, item in enumerate(items)
-    ]
-    return {"headers": ["rank", name, *(f"{s} cos" for s in SCORINGS)], "data": rows}
+    rows = [[rank + 1, item, *(round(float(values[rank]), 4) for values in scores.values())] for rank, item in enumerate(items)]
+    return {"headers": ["rank", name, *(f"{s} cos" for s in scores)], "data": rows}
 
 
 def mask_overlap(masks: torch.Tensor) -> torch.Tensor:
@@ -179,18 +237,94 @@ def mask_overlap(masks: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))
 
 
+def fill_template(template: str | None, labels: list[str]) -> dict[str, str]:
+    """`{prompt: label}`: each label put where the template's `{}` is, by literal substitution.
+
+    A template is text with one or more `{}` and no other braces, so that no input is ever a Python format string
+    (`{0.__class__}` would read attributes, `{0:>300000000}` allocate 300 MB). An empty template means `{}`.
+    """
+    template = (template or "").strip() or LABEL_PLACEHOLDER
+    if LABEL_PLACEHOLDER not in template:
+        raise ValueError(f"The prompt template {template!r} has no '{{}}' where the label goes.")
+    rest = template.replace(LABEL_PLACEHOLDER, "")
+    if "{" in rest or "}" in rest:
+        raise ValueError(
+            f"The prompt template {template!r} has braces other than '{{}}'; '{{}}' (where the label goes) is the "
+            "only placeholder, with nothing inside it."
+        )
+    return {template.replace(LABEL_PLACEHOLDER, label): label for label in labels}
+
+
+@dataclass
+class SmartCLIPCode:
+    """What the demo uses of the model's package: the scorings, the scoring dispatch and the retrieval encoders."""
+
+    scorings: tuple[str, ...]
+    similarity: object
+    encode_gallery: object
+    encode_texts: object
+
+    @classmethod
+    def installed(cls) -> "SmartCLIPCode | None":
+        """The installed smartclip package's, or `None` where it is not installed (a Space)."""
+        try:
+            from modeling_smartclip import encode_gallery, encode_texts, similarity
+            from modeling_smartclip.configuration_smartclip import SCORINGS
+        except ImportError:
+            return None
+        return cls(SCORINGS, similarity, encode_gallery, encode_texts)
+
+    @classmethod
+    def of_repo(cls, source: str) -> "SmartCLIPCode":
+        """The same functions from the code files of the model repo `source` (which `smartclip-push` ships)."""
+
+        def get(reference: str):
+            return get_class_from_dynamic_module(reference, source)
+
+        return cls(
+            get("configuration_smartclip.SCORINGS"), get("masking.similarity"), get("retrieval.encode_gallery"),
+            get("retrieval.encode_texts"),
+        )
+
+
+def load_model(source: str):
+    """`(model, processor, code)` of a SmartCLIP folder or Hub id.
+
+    With the package installed, its classes load the checkpoint, which must hold exactly the model's weights (no
+    missing, unexpected or non-finite ones). In a Space, the repo's code loads it, and still no weight may be missing
+    or unexpected.
+    """
+    model_type = PretrainedConfig.get_config_dict(source)[0].get("model_type")
+    if model_type != "smartclip":
+        raise ValueError(f"{source} is a {model_type!r} model; expected a SmartCLIP ('smartclip').")
+    code = SmartCLIPCode.installed()
+    if code is not None:
+        from modeling_smartclip.loading import load_model_and_processor
+
+        model, processor = load_model_and_processor(source, strict=True)
+        return model, processor, code
+    model, info = AutoModel.from_pretrained(source, trust_remote_code=True, output_loading_info=True)
+    wrong = {key: sorted(names) for key, names in info.items() if key != "error_msgs" and names}
+    if wrong:
+        raise ValueError(f"{source}: the checkpoint's weights do not fit the model: {wrong}.")
+    return model, AutoProcessor.from_pretrained(source, trust_remote_code=True), SmartCLIPCode.of_repo(source)
+
+
 class SmartCLIPDemo:
     """A loaded SmartCLIP model, its zero-shot pipeline and an encoded gallery; one method per tab.
 
     The methods raise `ValueError` with a message for the user on bad input; `build_app` shows it in the UI.
     """
 
-    def __init__(self, model, processor, gallery: Gallery | None = None, source: str = ""):
+    def __init__(self, model, processor, gallery: Gallery | None = None, source: str = "", code: SmartCLIPCode | None = None):
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.source = source
         self.gallery = gallery
+        self.code = code or SmartCLIPCode.installed()
+        if self.code is None:
+            raise ValueError("SmartCLIPDemo needs the smartclip package, or `code=SmartCLIPCode.of_repo(repo_id)`.")
         # The processor truncates at the tokenizer's length and the model at its position table: the smaller wins.
         self.max_tokens = min(self.tokenizer.model_max_length, model.config.text_config.max_position_embeddings)
         # Registering the remote class tells the pipeline that it supports the task (else it logs an error).
@@ -199,53 +333,37 @@ class SmartCLIPDemo:
             "zero-shot-image-classification", model=model, tokenizer=self.tokenizer,
             image_processor=processor.image_processor, device=model.device,
         )
-        self.gallery_embeds = self.encode_images(gallery.images) if gallery and gallery.images else None
-        self.caption_embeds, self.caption_masks = (
-            self.encode_captions(gallery.captions) if gallery and gallery.captions else (None, None)
-        )
+        self.gallery_encoded = self.encode_images(gallery.images) if gallery and gallery.images else None
+        self.captions_encoded = self.encode_captions(gallery.captions) if gallery and gallery.captions else None
 
     @classmethod
     def from_pretrained(cls, source: str, gallery: Gallery | None = None) -> "SmartCLIPDemo":
-        """Loads a SmartCLIP folder or Hub id (remote code), on the GPU when there is one."""
-        model = AutoModel.from_pretrained(source, trust_remote_code=True)
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
-        if model.config.model_type != "smartclip":
-            raise ValueError(f"{source} is a {model.config.model_type!r} model; expected a SmartCLIP ('smartclip').")
-        return cls(model.to("cuda" if torch.cuda.is_available() else "cpu"), processor, gallery, source)
+        """Loads a SmartCLIP folder or Hub id (`load_model`), on the GPU when there is one."""
+        model, processor, code = load_model(source)
+        return cls(model.to("cuda" if torch.cuda.is_available() else "cpu"), processor, gallery, source, code)
 
-    # ----- encoders -----------------------------------------------------------------------------------------------
+    # ----- encoders: the package's retrieval helpers -----------------------------------------------------------------
 
-    @torch.no_grad()
-    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
-        """Unit-norm image embeddings `(n_image, D)`."""
-        embeds = []
-        for start in range(0, len(images), ENCODE_BATCH):
-            batch = self.processor.image_processor(images=images[start : start + ENCODE_BATCH], return_tensors="pt")
-            features = self.model.get_image_features(batch["pixel_values"].to(self.model.device, self.model.dtype)).pooler_output
-            embeds.append(features / features.norm(dim=-1, keepdim=True))
-        return torch.cat(embeds)
+    def encode_images(self, images: list[Image.Image]):
+        """An `ImageGallery`: unit-norm image embeddings `(n_image, D)` and their squares."""
+        return self.code.encode_gallery(self.model, images, processor=self.processor)
 
-    @torch.no_grad()
-    def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit-norm caption embeddings and binary masks, both `(n_caption, D)`; long captions are truncated."""
-        embeds, masks = [], []
-        for start in range(0, len(captions), ENCODE_BATCH):
-            tokens = self.tokenizer(
-                captions[start : start + ENCODE_BATCH], padding=True, truncation=True, max_length=self.max_tokens,
-                return_tensors="pt",
-            ).to(self.model.device)
-            batch_embeds, batch_masks = self.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
-            embeds.append(batch_embeds)
-            masks.append(batch_masks)
-        return torch.cat(embeds), torch.cat(masks)
+    def encode_captions(self, captions: list[str]):
+        """`EncodedTexts`: unit-norm caption embeddings and binary masks, both `(n_caption, D)`; long captions are
+        truncated (the caller reports it)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the processor's truncation warning; the UI shows a note
+            return self.code.encode_texts(self.model, captions, processor=self.processor)
 
-    @torch.no_grad()
-    def cosines(
-        self, text_embeds: torch.Tensor, image_embeds: torch.Tensor, text_masks: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """`(n_text, n_image)` similarities under both scorings, via the model's own `score` (unscaled to cosines)."""
-        scale = self.model.logit_scale.exp()
-        return {s: (self.model.score(text_embeds, image_embeds, text_masks, s) / scale).cpu() for s in SCORINGS}
+    def cosines(self, texts, images) -> dict[str, torch.Tensor]:
+        """`(n_text, n_image)` cosine similarities under every scoring, through the package's one dispatch."""
+        return {
+            scoring: self.code.similarity(
+                texts.text_embeds, images.image_embeds, texts.text_masks, scoring,
+                image_embeds_squared=images.image_embeds_squared,
+            ).cpu()
+            for scoring in self.code.scorings
+        }
 
     # ----- input checks -------------------------------------------------------------------------------------------
 
@@ -274,11 +392,10 @@ class SmartCLIPDemo:
             raise ValueError(f"Upload {what} first.")
         return image.convert("RGB")
 
-    @staticmethod
-    def check_ranking(scoring: str, k: int | float) -> int:
+    def check_ranking(self, scoring: str, k: int | float) -> int:
         """Validates the ranking choices (an API caller is not held to the radio buttons and the slider)."""
-        if scoring not in SCORINGS:
-            raise ValueError(f"scoring={scoring!r}; expected one of {SCORINGS}.")
+        if scoring not in self.code.scorings:
+            raise ValueError(f"scoring={scoring!r}; expected one of {self.code.scorings}.")
         if not 1 <= int(k) <= MAX_TOP_K:
             raise ValueError(f"top k={k}; expected a number from 1 to {MAX_TOP_K}.")
         return int(k)
@@ -298,13 +415,14 @@ class SmartCLIPDemo:
             raise ValueError("Enter at least one label, separated by commas (e.g. 'red circle, blue square').")
         if len(names) > MAX_LABELS:
             raise ValueError(f"{len(names)} labels given; the limit is {MAX_LABELS}.")
-        template = (template or "").strip() or "{}"
-        if "{}" not in template:
-            raise ValueError(f"The prompt template {template!r} has no '{{}}' where the label goes.")
-        note = self.truncation_note(self.count_tokens([template.format(name) for name in names], "prompt"), "prompt")
-        results = self.classifier(image, candidate_labels=names, hypothesis_template=template)
+        prompts = fill_template(template, names)
+        note = self.truncation_note(self.count_tokens(list(prompts), "prompt"), "prompt")
+        # The prompts are the pipeline's labels and "{}" its template, so the pipeline's own `str.format` only ever
+        # inserts a finished prompt: nothing the user typed is a format string.
+        results = self.classifier(image, candidate_labels=list(prompts), hypothesis_template=LABEL_PLACEHOLDER)
         scoring = f"Scored with **{self.model.config.scoring}** scoring (the model's `config.scoring`)."
-        return {result["label"]: result["score"] for result in results}, " ".join(filter(None, [scoring, note]))
+        scores = {prompts[result["label"]]: result["score"] for result in results}
+        return scores, " ".join(filter(None, [scoring, note]))
 
     def search_images(self, caption: str, scoring: str, k: int) -> tuple[list, dict, str]:
         """The `k` gallery images best matching `caption` under `scoring`: gallery items, a table and a note."""
@@ -312,11 +430,10 @@ class SmartCLIPDemo:
         k = self.check_ranking(scoring, k)
         caption = (caption or "").strip()
         note = self.truncation_note(self.count_tokens([caption] if caption else []))
-        text_embeds, text_masks = self.encode_captions([caption])
-        scores = {s: values[0] for s, values in self.cosines(text_embeds, self.gallery_embeds, text_masks).items()}
+        scores = {s: values[0] for s, values in self.cosines(self.encode_captions([caption]), self.gallery_encoded).items()}
         top = scores[scoring].topk(min(k, len(gallery.images))).indices.tolist()
         items = [(to_display(gallery.images[i]), f"#{n + 1}  {scores[scoring][i]:.3f}") for n, i in enumerate(top)]
-        table = ranking_table("image", [gallery.names[i] for i in top], {s: scores[s][top] for s in SCORINGS})
+        table = ranking_table("image", [gallery.names[i] for i in top], {s: v[top] for s, v in scores.items()})
         summary = f"Ranked by **{scoring}** scoring. Gallery: {gallery.summary()}."
         return items, table, " ".join(filter(None, [summary, note]))
 
@@ -324,12 +441,14 @@ class SmartCLIPDemo:
         """The `k` gallery captions best matching `image` under `scoring`: a table and a note."""
         image = self.check_image(image, "an image to search the captions with")
         k = self.check_ranking(scoring, k)
-        if self.caption_embeds is None:
-            raise ValueError(f"No captions to search: put a {CAPTIONS_FILE} (one caption per line) in the gallery.")
-        scores = self.cosines(self.caption_embeds, self.encode_images([image]), self.caption_masks)
-        scores = {s: values[:, 0] for s, values in scores.items()}
+        if self.captions_encoded is None:
+            raise ValueError(
+                f"No captions to search: put a {CAPTIONS_FILE} (one caption per line) or an imagefolder "
+                f"{METADATA_FILE} in the gallery."
+            )
+        scores = {s: values[:, 0] for s, values in self.cosines(self.captions_encoded, self.encode_images([image])).items()}
         top = scores[scoring].topk(min(k, len(self.gallery.captions))).indices.tolist()
-        table = ranking_table("caption", [self.gallery.captions[i] for i in top], {s: scores[s][top] for s in SCORINGS})
+        table = ranking_table("caption", [self.gallery.captions[i] for i in top], {s: v[top] for s, v in scores.items()})
         return table, f"Ranked by **{scoring}** scoring among {len(self.gallery.captions)} captions."
 
     def inspect_masks(self, text: str, image: Image.Image | None) -> tuple[Image.Image, dict, dict, str]:
@@ -338,8 +457,8 @@ class SmartCLIPDemo:
         if len(captions) > MAX_CAPTIONS:
             raise ValueError(f"{len(captions)} captions given; the limit is {MAX_CAPTIONS}, one per line.")
         lengths = self.count_tokens(captions)
-        text_embeds, text_masks = self.encode_captions(captions)
-        masks = text_masks.float().cpu()
+        texts = self.encode_captions(captions)
+        masks = texts.text_masks.float().cpu()
         overlap = mask_overlap(masks)
         heatmap = mask_figure(masks.numpy(), overlap.numpy())
         names = [str(i + 1) for i in range(len(captions))]
@@ -353,9 +472,9 @@ class SmartCLIPDemo:
             for i, (caption, length, mask) in enumerate(zip(captions, shown_lengths, masks, strict=True))
         ]
         if image is not None:
-            scores = self.cosines(text_embeds, self.encode_images([self.check_image(image)]), text_masks)
-            headers += [f"{s} cos" for s in SCORINGS]
-            for row, *values in zip(rows, *(scores[s][:, 0] for s in SCORINGS), strict=True):
+            scores = self.cosines(texts, self.encode_images([self.check_image(image)]))
+            headers += [f"{s} cos" for s in scores]
+            for row, *values in zip(rows, *(values[:, 0] for values in scores.values()), strict=True):
                 row += [round(float(v), 4) for v in values]
         summary = f"{len(captions)} caption(s), {masks.shape[1]} embedding dimensions."
         if image is None:
@@ -370,11 +489,9 @@ def read_upload(payload: dict | None) -> Image.Image | None:
     if payload is None:
         return None
     name = payload.get("orig_name") or "The uploaded file"
-    try:
-        with Image.open(payload["path"]) as image:
-            return image.convert("RGB")  # decodes now, so a truncated file fails here
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, KeyError, TypeError) as error:
-        raise ValueError(f"{name} is not an image that can be read (PNG, JPEG, WebP, ...).") from error
+    if not isinstance(payload.get("path"), str):
+        raise ValueError(f"{name} is not an image that can be read (PNG, JPEG, WebP, ...).")
+    return open_image(payload["path"], name)
 
 
 def for_ui(method):
@@ -442,7 +559,9 @@ def retrieval_tab(demo: SmartCLIPDemo) -> None:
     with gr.Row():
         with gr.Column():
             caption = gr.Textbox(label="caption", lines=2, value=RETRIEVAL_CAPTION, elem_id="rt-caption")
-            scoring = gr.Radio(list(SCORINGS), value=demo.model.config.scoring, label="rank by", elem_id="rt-scoring")
+            scoring = gr.Radio(
+                list(demo.code.scorings), value=demo.model.config.scoring, label="rank by", elem_id="rt-scoring"
+            )
             k = gr.Slider(1, MAX_TOP_K, value=6, step=1, label="top k", elem_id="rt-k")
             search_images = gr.Button("Search images", variant="primary", elem_id="rt-run")
         with gr.Column():

@@ -1,40 +1,54 @@
 """`smartclip-eval`: retrieval, zero-shot, the atomic-concept probe and mask statistics, under plain and modular
 scoring, side by side.
 
-Results are a dict keyed first by scoring, then by `"{set}/{metric}"`:
+`evaluate_model` returns a dict keyed first by scoring, then by `"{set}/{metric}"`:
 
-    {"plain":   {"scenes_long/t2i_R@1": 0.21, ..., "scenes_atomic/acc": 0.53},
+    {"plain":   {"scenes_long/image_retrieval_recall@1": 0.21, ..., "scenes_zeroshot/acc1": 0.4,
+                 "scenes_atomic/acc": 0.53},
      "modular": {...same keys...},
      "mask_stats": {"scenes/density_long": 0.40, "scenes/density_sentence": 0.21, "scenes/sentence_in_long": 0.85},
-     "counts": {"scenes_long": {"images": 1000, "texts": 1000}, ...}}
+     "counts": {"scenes_long": {"images": 1000, "texts": 1000, "unreadable_images": 0}, ...}}
 
-A scoring that was not run has no key; mask statistics are computed only with modular scoring (a model scored
-plainly never uses its masks). Every score comes from `modeling_smartclip.retrieval.text_image_similarity`, the
-one masked-similarity implementation that the loss and `forward` also call.
+Retrieval and zero-shot metrics carry CLIP_benchmark's names (`image_retrieval_recall@k`: a caption finds its
+image; `text_retrieval_recall@k`: an image finds one of its captions; `acc1`, `acc5`, `mean_per_class_recall`; see
+`metrics.py`). A scoring that was not run has no key; mask statistics are computed only with modular scoring (a
+model scored plainly never uses its masks). The counts are of what was scored: an image that cannot be decoded is
+skipped and counted, as training does, and so are the captions left without an image. The command's JSON adds what
+was evaluated: `"model"` (its path and the sha256 of its config.json), `"scorings"` and `"datasets"` (each set's
+source), with every number rounded to 4 decimals.
+
+Images and captions are encoded by `modeling_smartclip.retrieval`'s encoders and every score comes from
+`modeling_smartclip.masking.similarity`, the one scoring dispatch that `forward` and the loss also use.
 """
 
 import argparse
+import hashlib
 import json
+import logging
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+from datasets import get_dataset_split_names
+from huggingface_hub import hf_hub_download
+from safetensors import SafetensorError, safe_open
+from tqdm.auto import tqdm
 from transformers import CLIPModel
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 from modeling_smartclip.configuration_smartclip import SCORINGS
 from modeling_smartclip.loading import load_model_and_processor
-from modeling_smartclip.retrieval import (
-    EncodedTexts,
-    ImageGallery,
-    encode_gallery,
-    encode_texts,
-    text_image_similarity,
-)
-
+from modeling_smartclip.masking import similarity
+from modeling_smartclip.retrieval import EncodedTexts, ImageGallery, encode_gallery, encode_texts
+from smartclip_data.scenes import make_scenes
 from smartclip_data.sources import DataArguments, load_image, load_source
+
+from .metrics import classification_metrics, retrieval_metrics
 from .sets import (
+    OPENAI_IMAGENET_TEMPLATES,
+    PLACEHOLDER,
     AtomicProbeSet,
     ClassificationSet,
     EvalSet,
@@ -44,13 +58,20 @@ from .sets import (
     classification_set_from_folder,
     load_coco_captions,
     load_urban1k,
+    read_classnames,
+    read_templates,
     retrieval_set_from_dataset,
     scene_eval_sets,
 )
-from .metrics import classification_metrics, retrieval_metrics
-from smartclip_data.scenes import make_scenes
+
+logger = logging.getLogger(__name__)
 
 RECALL_KS = (1, 5, 10)
+# Captions per block of the modular similarity: bounds its `(chunk, n_image)` temporaries on large galleries.
+CHUNK_SIZE = 1024
+# Decimals kept in the JSON: more would be noise at any evaluation size we run.
+DECIMALS = 4
+_SHOWN_UNREADABLE = 3
 
 
 def default_scorings(model: "SmartCLIPModel | CLIPModel") -> tuple[str, ...]:
@@ -62,43 +83,69 @@ def default_scorings(model: "SmartCLIPModel | CLIPModel") -> tuple[str, ...]:
 
 
 class _Encoder:
-    """Encodes images and captions in batches, each image sequence and each distinct caption only once per
-    evaluation (the built-in sets share their images, and the mask statistics reuse the retrieval captions)."""
+    """Encodes each image sequence and each distinct caption once per evaluation (the built-in sets share their
+    images, and the mask statistics reuse the retrieval captions), with `modeling_smartclip.retrieval`'s encoders."""
 
-    def __init__(self, model: SmartCLIPModel, processor: SmartCLIPProcessor, batch_size: int):
-        self.model, self.processor, self.batch_size = model, processor, batch_size
-        self._galleries: dict[int, ImageGallery] = {}
+    def __init__(self, model: SmartCLIPModel, processor: SmartCLIPProcessor, batch_size: int, progress: bool = False):
+        self.model, self.processor, self.batch_size, self.progress = model, processor, batch_size, progress
+        self._galleries: dict[int, tuple[ImageGallery, torch.Tensor]] = {}
         self._texts: dict[tuple[str, ...], EncodedTexts] = {}
+        self._unreadable_shown = 0
 
-    def images(self, images: Sequence) -> ImageGallery:
+    def images(self, images: Sequence, name: str) -> tuple[ImageGallery, torch.Tensor]:
+        """The gallery of the readable images of set `name`, and `(n_image,)` bool: which images were readable.
+
+        Images are decoded one batch at a time; one that cannot be decoded is skipped and counted (a few are logged),
+        as training drops it.
+        """
         # Keyed by identity: the sets are alive for the whole evaluation, so an id is never reused meanwhile.
         if id(images) not in self._galleries:
-            embeds = []
-            for start in range(0, len(images), self.batch_size):
-                batch = [load_image(image) for image in images[start : start + self.batch_size]]
-                pixel_values = self.processor(images=batch, return_tensors="pt")["pixel_values"]
-                embeds.append(encode_gallery(self.model, pixel_values, self.batch_size).image_embeds)
-            self._galleries[id(images)] = ImageGallery.from_embeddings(torch.cat(embeds))
+            embeds, readable = [], []
+            starts = range(0, len(images), self.batch_size)
+            for start in tqdm(starts, desc=f"{name} images", unit="batch", disable=not self.progress):
+                values = images[start : start + self.batch_size]
+                batch = [self._read(value, f"{name} image {index}") for index, value in enumerate(values, start)]
+                readable += [image is not None for image in batch]
+                batch = [image for image in batch if image is not None]
+                if batch:
+                    embeds.append(encode_gallery(self.model, batch, len(batch), processor=self.processor).image_embeds)
+            if not embeds:
+                raise ValueError(f"{name}: none of its {len(images)} images could be read; expected decodable images.")
+            if not all(readable):
+                logger.warning("%s: skipped %d unreadable images of %d.", name, readable.count(False), len(images))
+            self._galleries[id(images)] = (ImageGallery.from_embeddings(torch.cat(embeds)), torch.tensor(readable))
         return self._galleries[id(images)]
+
+    def _read(self, value, where: str):
+        """`value` as an RGB PIL image, or `None` when it cannot be decoded (the first few are logged)."""
+        try:
+            return load_image(value)
+        except Exception as error:  # decoders raise many types (OSError, SyntaxError, DecompressionBombError...)
+            if self._unreadable_shown < _SHOWN_UNREADABLE:
+                self._unreadable_shown += 1
+                logger.warning("skipping unreadable %s: %s: %s", where, type(error).__name__, error)
+            return None
 
     def texts(self, texts: list[str]) -> EncodedTexts:
         """`(n_text, D)` embeddings and masks; a caption repeated in `texts` is encoded once."""
         unique = tuple(dict.fromkeys(texts))
         if unique not in self._texts:
-            embeds, masks = [], []
-            for start in range(0, len(unique), self.batch_size):
-                batch = list(unique[start : start + self.batch_size])
-                tokens = self.processor(text=batch, return_tensors="pt", padding=True)
-                encoded = encode_texts(self.model, tokens["input_ids"], tokens.get("attention_mask"), self.batch_size)
-                embeds.append(encoded.text_embeds)
-                masks.append(encoded.text_masks)
-            self._texts[unique] = EncodedTexts(torch.cat(embeds), torch.cat(masks))
+            self._texts[unique] = encode_texts(
+                self.model, list(unique), batch_size=self.batch_size, processor=self.processor, progress=self.progress
+            )
         encoded = self._texts[unique]
         if len(unique) == len(texts):
             return encoded
         position = {text: i for i, text in enumerate(unique)}
         rows = torch.tensor([position[text] for text in texts], device=encoded.text_embeds.device)
         return EncodedTexts(encoded.text_embeds[rows], encoded.text_masks[rows])
+
+
+def _scores(texts: EncodedTexts, gallery: ImageGallery, scoring: str) -> torch.Tensor:
+    """`(n_text, n_image)` unscaled similarities under `scoring`."""
+    return similarity(
+        texts.text_embeds, gallery.image_embeds, texts.text_masks, scoring, CHUNK_SIZE, gallery.image_embeds_squared
+    )
 
 
 def class_prompts(encoder: _Encoder, eval_set: ClassificationSet) -> EncodedTexts:
@@ -109,7 +156,7 @@ def class_prompts(encoder: _Encoder, eval_set: ClassificationSet) -> EncodedText
     dimension any of its phrasings talks about; an intersection would drop a concept that one template's wording
     happens not to switch on, and the union matches how the `"union"` head builds a caption's mask from its words.
     """
-    prompts = [template.format(name) for name in eval_set.class_names for template in eval_set.templates]
+    prompts = [template.replace(PLACEHOLDER, name) for name in eval_set.class_names for template in eval_set.templates]
     encoded = encoder.texts(prompts)
     shape = (len(eval_set.class_names), len(eval_set.templates), -1)
     embeds = encoded.text_embeds.reshape(shape).mean(dim=1)  # (n_class, D)
@@ -117,30 +164,43 @@ def class_prompts(encoder: _Encoder, eval_set: ClassificationSet) -> EncodedText
     return EncodedTexts(embeds / embeds.norm(dim=-1, keepdim=True), masks)
 
 
-def _retrieval(encoder: _Encoder, eval_set: RetrievalSet, scoring: str) -> dict[str, float]:
-    similarity = text_image_similarity(encoder.texts(eval_set.texts), encoder.images(eval_set.images), scoring)
-    recalls = retrieval_metrics(similarity, eval_set.text_to_image, RECALL_KS)
-    # t2i = a text retrieves images (CLIP_benchmark's image retrieval); i2t = an image retrieves texts.
-    metrics = {f"t2i_R@{k}": recalls[f"image_retrieval_recall@{k}"] for k in RECALL_KS}
-    metrics |= {f"i2t_R@{k}": recalls[f"text_retrieval_recall@{k}"] for k in RECALL_KS}
-    return metrics
+def _retrieval(encoder: _Encoder, eval_set: RetrievalSet, scoring: str) -> tuple[dict, dict]:
+    gallery, readable = encoder.images(eval_set.images, eval_set.name)
+    positives = eval_set.text_to_image
+    if positives.dtype != torch.bool:
+        positives = positives[:, None] == torch.arange(len(readable))  # (n_text, n_image)
+    positives = positives[:, readable]  # (n_text, n_readable)
+    # A caption whose only images were unreadable has nothing right to find: it goes with them.
+    kept = positives.any(dim=1)
+    texts = [text for text, keep in zip(eval_set.texts, kept.tolist()) if keep]
+    metrics = retrieval_metrics(_scores(encoder.texts(texts), gallery, scoring), positives[kept], RECALL_KS)
+    return metrics, {"images": len(gallery), "texts": len(texts), "unreadable_images": int((~readable).sum())}
 
 
-def _zeroshot(encoder: _Encoder, eval_set: ClassificationSet, scoring: str) -> dict[str, float]:
-    similarity = text_image_similarity(class_prompts(encoder, eval_set), encoder.images(eval_set.images), scoring)
-    return classification_metrics(similarity, eval_set.labels)
+def _zeroshot(encoder: _Encoder, eval_set: ClassificationSet, scoring: str) -> tuple[dict, dict]:
+    gallery, readable = encoder.images(eval_set.images, eval_set.name)
+    scores = _scores(class_prompts(encoder, eval_set), gallery, scoring)  # (n_class, n_readable)
+    metrics = classification_metrics(scores, eval_set.labels[readable])
+    counts = {"images": len(gallery), "classes": len(eval_set.class_names), "templates": len(eval_set.templates)}
+    return metrics, counts | {"unreadable_images": int((~readable).sum())}
 
 
-def _atomic(encoder: _Encoder, eval_set: AtomicProbeSet, scoring: str) -> dict[str, float]:
-    similarity = text_image_similarity(encoder.texts(eval_set.prompts), encoder.images(eval_set.images), scoring)
-    device = similarity.device
-    scores = similarity[eval_set.candidates.to(device), eval_set.object_image.to(device)[:, None]]  # (n_object, n_cand)
-    target, held = eval_set.target.to(device), eval_set.held_out.to(device)
+def _atomic(encoder: _Encoder, eval_set: AtomicProbeSet, scoring: str) -> tuple[dict, dict]:
+    gallery, readable = encoder.images(eval_set.images, eval_set.name)
+    column = readable.long().cumsum(0) - 1  # (n_image,): each readable image's column in the gallery
+    objects = readable[eval_set.object_image]  # (n_object,): the objects whose image was read
+    scores = _scores(encoder.texts(eval_set.prompts), gallery, scoring)  # (n_prompt, n_readable)
+    device = scores.device
+    candidates = eval_set.candidates[objects].to(device)  # (n_object, n_candidate)
+    scores = scores[candidates, column[eval_set.object_image[objects]].to(device)[:, None]]  # (n_object, n_candidate)
+    target, held = eval_set.target[objects].to(device), eval_set.held_out[objects].to(device)
     # Each object is a one-image classification among its candidate prompts.
-    return {
+    metrics = {
         "acc": classification_metrics(scores.T, target)["acc1"],
         "acc_held_out": classification_metrics(scores[held].T, target[held])["acc1"] if held.any() else math.nan,
     }
+    counts = {"images": len(gallery), "objects": len(target), "held_out_objects": int(held.sum())}
+    return metrics, counts | {"unreadable_images": int((~readable).sum())}
 
 
 def _mask_stats(encoder: _Encoder, eval_set: MaskStatsSet) -> dict[str, float]:
@@ -164,11 +224,13 @@ def evaluate_model(
     eval_sets: Iterable[EvalSet],
     scorings: Sequence[str] | None = None,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> dict:
     """Every metric of every set under every scoring in `scorings` (default: `default_scorings(model)`).
 
     A transformers `CLIPModel` is converted with `SmartCLIPModel.from_clip` and scored plainly. Encoding runs in
-    batches of `batch_size` on `model.device`. Returns the dict described in this module's docstring.
+    batches of `batch_size` on `model.device`, with tqdm progress bars if `progress`. Returns the dict described in
+    this module's docstring.
     """
     if isinstance(model, CLIPModel):
         model = SmartCLIPModel.from_clip(model).to(model.device)
@@ -181,7 +243,7 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     try:
-        results = _evaluate(_Encoder(model, processor, batch_size), eval_sets, scorings)
+        results = _evaluate(_Encoder(model, processor, batch_size, progress), eval_sets, scorings)
     finally:
         model.train(was_training)
     return results
@@ -198,11 +260,10 @@ def _evaluate(encoder: _Encoder, eval_sets: Iterable[EvalSet], scorings: tuple[s
             continue
         task = {RetrievalSet: _retrieval, ClassificationSet: _zeroshot, AtomicProbeSet: _atomic}.get(type(eval_set))
         if task is None:
-            raise ValueError(f"cannot evaluate a {type(eval_set).__name__}; expected one of the sets in eval_data.")
+            raise ValueError(f"cannot evaluate a {type(eval_set).__name__}; expected one of the sets in eval.sets.")
         for scoring in scorings:
-            metrics = task(encoder, eval_set, scoring)
+            metrics, counts[eval_set.name] = task(encoder, eval_set, scoring)
             results[scoring].update({f"{eval_set.name}/{k}": v for k, v in metrics.items()})
-        counts[eval_set.name] = eval_set.counts()
     results["counts"] = counts
     return results
 
@@ -239,22 +300,27 @@ def format_table(results_by_model: dict[str, dict]) -> str:
 
 
 def save_results(results: dict, path: "str | Path") -> None:
-    """Writes `results` as strict JSON: a NaN (e.g. `acc5` with fewer than 5 classes) becomes `null`."""
+    """Writes `results` as strict JSON, every float rounded to `DECIMALS` places; a NaN (e.g. `acc5` with fewer than
+    5 classes) becomes `null`."""
 
     def strict(value):
         if isinstance(value, dict):
             return {k: strict(v) for k, v in value.items()}
-        return None if isinstance(value, float) and math.isnan(value) else value
+        if isinstance(value, float):
+            return None if math.isnan(value) else round(value, DECIMALS)
+        return value
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(strict(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+# ----- the command ------------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="smartclip-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="SmartCLIP folder, or a CLIP folder / Hub id (converted)")
     parser.add_argument("--builtin", action="store_true", help="built-in scenes test split (default without data)")
-    parser.add_argument("--num_train_scenes", type=int, default=20000, help="train size the scenes were made with")
     parser.add_argument("--num_test_scenes", type=int, default=1000)
     parser.add_argument("--scenes_seed", type=int, default=0)
     parser.add_argument("--urban1k", help="Urban1k-style folder with image/ and caption/")
@@ -262,10 +328,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--coco_images", help="image folder of --coco_json")
     parser.add_argument("--zeroshot_folder", help="folder of class subfolders of images")
     parser.add_argument("--dataset", help="a datasets Hub name, data folder or save_to_disk folder")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", help="split of --dataset (default: 'test', or the only split if it has one)")
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--caption_column", help="caption column(s), comma separated; strings or lists of strings")
     parser.add_argument("--label_column", help="ClassLabel column for zero-shot classification")
+    parser.add_argument(
+        "--templates",
+        help="zero-shot prompt templates: a text file (one per line, '{}' for the class name) or a JSON list "
+        "(default: OpenAI's 80 ImageNet templates)",
+    )
+    parser.add_argument(
+        "--classnames",
+        help="zero-shot class names in label order (sorted subfolders of --zeroshot_folder): one per line or a "
+        "JSON list (default: the subfolder names or the ClassLabel names)",
+    )
     parser.add_argument("--scorings", help="comma separated subset of plain,modular (default: by model type)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -275,48 +351,125 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--coco_json and --coco_images go together.")
     if args.dataset and not (args.caption_column or args.label_column):
         parser.error("--dataset needs --caption_column (retrieval) and/or --label_column (zero-shot).")
+    if (args.templates or args.classnames) and not (args.zeroshot_folder or args.label_column):
+        parser.error("--templates and --classnames apply to --zeroshot_folder or --dataset --label_column.")
+    if args.classnames and args.zeroshot_folder and args.label_column:
+        parser.error("--classnames names the classes of one zero-shot set; give --zeroshot_folder or --label_column.")
     return args
 
 
-def eval_sets_from_args(args: argparse.Namespace) -> list[EvalSet]:
-    """The sets named on the command line; the built-in scenes when none is."""
+def choose_split(dataset: str) -> str:
+    """`"test"` if `dataset` has a test split, else its only split (logged); a `ValueError` listing the splits when
+    there are several and none is `"test"`."""
+    path = Path(dataset)
+    if (path / "state.json").is_file():  # a `save_to_disk` Dataset: one split under whatever name is asked
+        return "test"
+    if (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+    else:
+        splits = get_dataset_split_names(dataset)
+    if "test" in splits:
+        return "test"
+    if len(splits) == 1:
+        logger.warning("%s has no 'test' split; evaluating its only split, %r.", dataset, splits[0])
+        return splits[0]
+    raise ValueError(f"{dataset} has splits {list(splits)} and none is 'test'; choose one with --split.")
+
+
+def eval_sets_from_args(args: argparse.Namespace) -> tuple[list[EvalSet], dict[str, str]]:
+    """The sets named on the command line (the built-in scenes when none is), and each set's source."""
+    templates = read_templates(args.templates) if args.templates else OPENAI_IMAGENET_TEMPLATES
+    class_names = read_classnames(args.classnames) if args.classnames else None
+    templates_source = f"templates {args.templates or 'OpenAI ImageNet (80)'}"
     sets: list[EvalSet] = []
+    sources: dict[str, str] = {}
+
+    def add(eval_set: EvalSet, source: str) -> None:
+        sets.append(eval_set)
+        sources[eval_set.name] = source
+
     if args.urban1k:
-        sets.append(load_urban1k(args.urban1k))
+        add(load_urban1k(args.urban1k), str(args.urban1k))
     if args.coco_json:
-        sets.append(load_coco_captions(args.coco_json, args.coco_images))
+        add(load_coco_captions(args.coco_json, args.coco_images), f"{args.coco_json} with images {args.coco_images}")
     if args.zeroshot_folder:
-        sets.append(classification_set_from_folder(args.zeroshot_folder))
+        eval_set = classification_set_from_folder(args.zeroshot_folder, templates, class_names=class_names)
+        add(eval_set, f"{args.zeroshot_folder}, {templates_source}")
     if args.dataset:
-        split = load_source(DataArguments(dataset_name=args.dataset), args.split)
+        split_name = args.split or choose_split(args.dataset)
+        split = load_source(DataArguments(dataset_name=args.dataset), split_name)
         name = Path(args.dataset).name or args.dataset
+        source = f"{args.dataset}, split {split_name}"
         if args.caption_column:
-            captions = args.caption_column.split(",")
-            sets.append(retrieval_set_from_dataset(split, args.image_column, captions, name))
+            add(retrieval_set_from_dataset(split, args.image_column, args.caption_column.split(","), name), source)
         if args.label_column:
-            sets.append(classification_set_from_dataset(split, args.image_column, args.label_column, f"{name}_zeroshot"))
+            eval_set = classification_set_from_dataset(
+                split, args.image_column, args.label_column, f"{name}_zeroshot", templates, class_names
+            )
+            add(eval_set, f"{source}, {templates_source}")
     if args.builtin or not sets:
-        # Made with the training run's sizes and seed, this is exactly the test split that run held out.
-        scenes = make_scenes(num_train=args.num_train_scenes, num_test=args.num_test_scenes, seed=args.scenes_seed)
-        sets = scene_eval_sets(scenes["test"]) + sets
-    return sets
+        # The test split does not depend on the number of training scenes, so none is generated.
+        scenes = make_scenes(num_train=0, num_test=args.num_test_scenes, seed=args.scenes_seed)["test"]
+        source = f"built-in scenes, test split ({args.num_test_scenes} scenes, seed {args.scenes_seed})"
+        scene_sets = scene_eval_sets(scenes)
+        sets = scene_sets + sets
+        sources = {eval_set.name: source for eval_set in scene_sets} | sources
+    return sets, sources
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def describe_model(path: str) -> dict[str, str]:
+    """The evaluated checkpoint: `{"path", "config_sha256"}`, the hash of its config.json's bytes (a local folder, or
+    the Hub file the loader has just cached)."""
+    config_file = Path(path, "config.json") if Path(path).is_dir() else Path(hf_hub_download(path, "config.json"))
+    return {"path": str(path), "config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest()}
+
+
+def load_checkpoint(path: str) -> tuple[SmartCLIPModel, SmartCLIPProcessor]:
+    """`load_model_and_processor(path)`, with a corrupt safetensors file reported as a `ValueError` naming it."""
+    try:
+        return load_model_and_processor(path)
+    except SafetensorError as error:
+        files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+        corrupt = next((file for file in files if not _readable_safetensors(file)), path)
+        raise ValueError(f"{corrupt} is not a readable safetensors file ({error}).") from error
+
+
+def _readable_safetensors(file: Path) -> bool:
+    try:
+        with safe_open(file, framework="pt"):  # checks the header against the file's size
+            return True
+    except SafetensorError:
+        return False
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+    """`smartclip-eval` as a function: evaluates, writes the JSON, prints the table and returns the results."""
     args = parse_args(argv)
-    model, processor = load_model_and_processor(args.model)
+    model, processor = load_checkpoint(args.model)
     model.to(args.device)
+    eval_sets, sources = eval_sets_from_args(args)
     scorings = args.scorings.split(",") if args.scorings else None
-    results = evaluate_model(model, processor, eval_sets_from_args(args), scorings, args.batch_size)
+    results = evaluate_model(model, processor, eval_sets, scorings, args.batch_size, progress=True)
+    scorings = [scoring for scoring in SCORINGS if scoring in results]
+    results = {"model": describe_model(args.model), "scorings": scorings, "datasets": sources} | results
     save_results(results, args.output)
     print(format_table({Path(args.model).name or args.model: results}))
     print(f"\nresults written to {args.output}")
     return results
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console script `smartclip-eval`: exit status 0 on success; a bad input is one line on stderr, status 1."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    try:
+        run(argv)
+    except (OSError, ValueError) as error:
+        sys.exit(f"smartclip-eval: {error}")
+
+
 __all__ = [
-    "class_prompts", "default_scorings", "evaluate_model", "format_table", "main",
-    "save_results",
+    "choose_split", "class_prompts", "default_scorings", "describe_model", "eval_sets_from_args", "evaluate_model",
+    "format_table", "load_checkpoint", "main", "run", "save_results",
 ]
 
 if __name__ == "__main__":

@@ -316,20 +316,19 @@ def classification_set_from_dataset(
     for column in (image_column, label_column):
         if column not in dataset.column_names:
             raise ValueError(f"column {column!r} is not in the dataset; its columns are {dataset.column_names}.")
-    labels = torch.tensor(list(dataset[label_column]), dtype=torch.long)
-    if class_names is not None:
-        if len(labels) and labels.max() >= len(class_names):
-            raise ValueError(
-                f"label column {label_column!r} holds label {labels.max().item()} but {len(class_names)} class names "
-                "were given; expected one name per label, in label order."
-            )
-    else:
+    if class_names is None:
         feature = dataset.features[label_column]
         if not isinstance(feature, ClassLabel):
             raise ValueError(
                 f"label column {label_column!r} is {feature}, not a ClassLabel; pass class_names to name its classes."
             )
         class_names = [c.replace("_", " ") for c in feature.names]
+    labels = torch.tensor(list(dataset[label_column]), dtype=torch.long)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(
+            f"label column {label_column!r} holds labels from {labels.min().item()} to {labels.max().item()}, and "
+            f"there are {len(class_names)} class names; expected labels in [0, {len(class_names)})."
+        )
     return ClassificationSet(name, _undecoded(dataset, image_column), labels, list(class_names), tuple(templates))
 
 

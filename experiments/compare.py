@@ -1,38 +1,52 @@
-"""`smartclip-compare`: the one-command demo. SmartCLIP against CLIP on the built-in scenes, side by side.
+"""`smartclip-compare`: the paper's experiment in miniature, on the built-in scenes.
 
-Every arm trains with the same towers, initialisation, data, caption draws, steps and seed; only the loss and the
-mask head differ. Two comparisons, which show different things (see `miniature_findings.md`):
+SmartCLIP fine-tunes a CLIP pretrained on short captions with long captions, against Direct FT and Long-CLIP. Here:
 
-1. from scratch: CLIP, SmartCLIP (attention head, the paper's), SmartCLIP (union head);
-2. fine-tuning, the paper's setting: the from-scratch CLIP is the pretrained start, then one arm per loss (CLIP,
-   SmartCLIP attention, SmartCLIP union, and the random-mask control: the modular loss with random masks of the
-   learned masks' density, which shows whether the learned, caption-dependent mask is what helps).
+1. stage 1, "pretrained": CLIP from scratch on one-object sentences only (the stand-in for a CLIP pretrained on
+   short web captions);
+2. stage 2, one arm per objective from that same checkpoint, with the same steps, data order and seed: Direct FT
+   (CLIP loss, long captions only), Long-CLIP (long caption + first sentence against the PCA-reduced image),
+   CLIP loss with SmartCLIP's sampling (one caption per image: the long caption or one of its sentences; this
+   separates the sampling from the mask), SmartCLIP with the paper's head and with the union head (same sampling),
+   and the random-mask control (the modular loss with random masks of the learned masks' density);
+3. from scratch on the same sampling: CLIP against both heads.
 
-Each arm is evaluated on the held-out test scenes (long-caption and multi-caption retrieval, zero-shot, the
-atomic-concept probe; SmartCLIP under plain and modular scoring, CLIP plainly) and the run writes, under
-`--output_dir` (default `outputs/compare`): `results.json` (metrics per arm and the Trainer's log history),
-`results.md` (the table), `smartclip/` (a hub-ready SmartCLIP: model, processor, code), `training_curves.png`,
-`mask_usage.png`.
+Every arm is scored plainly (the paper's inference) and, when its mask head was trained, modularly too, on the
+held-out test scenes: long-caption retrieval (R@1 both ways), short (one-sentence) retrieval, zero-shot,
+the atomic-concept probe (held-out pairs too) and a linear probe of the frozen image embeddings (`probe.py`). With
+`--seeds 0,1,2` every arm runs once per seed; the table gives the mean and [min, max], and marks a difference
+(vs the pretrained row in stage 2, vs CLIP from scratch) only where the intervals do not overlap. The run ends
+with the paper's predictions, each checked against the table.
 
-    smartclip-compare                      # the default run: minutes on 2 CPU cores
+Under `--output_dir` (default `outputs/compare`): `results.json` (every metric per seed and arm, log histories,
+timings), `results.md` (tables and verdicts), `smartclip/` (a hub-ready SmartCLIP: model, processor, code),
+`training_curves.png`, `mask_usage.png`.
+
+    smartclip-compare                      # one seed, every arm: about 10 minutes on 2 CPU cores
+    smartclip-compare --seeds 0,1,2        # the README's table
     smartclip-compare --quick              # a smoke test: seconds
 """
 
 import logging
+import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
-
 from smartclip_data.sources import DataArguments, builtin_scenes
+from smartclip_eval.evaluate import evaluate_model, save_results
 from smartclip_eval.sets import scene_eval_sets
-from smartclip_eval.evaluate import evaluate_model, format_table, save_results
-from .plots import plot_mask_usage, plot_training_curves
+from smartclip_train.objectives import build_objective
 from smartclip_train.train import ModelArguments, run_training
+
+from .plots import plot_mask_usage, plot_training_curves
+from .probe import scene_probe
 
 logger = logging.getLogger(__name__)
 
@@ -42,70 +56,302 @@ class CompareArguments:
     output_dir: str = field(default="outputs/compare", metadata={"help": "Where every arm, the table and plots go."})
     num_train_scenes: int = field(default=20000, metadata={"help": "Training scenes."})
     num_test_scenes: int = field(default=1000, metadata={"help": "Held-out test scenes."})
-    scratch_steps: int = field(default=1000, metadata={"help": "Steps of each from-scratch arm."})
-    finetune_steps: int = field(default=500, metadata={"help": "Steps of each fine-tuning arm."})
+    probe_train_scenes: int = field(
+        default=2000, metadata={"help": "Training scenes whose image embeddings fit the linear probe."}
+    )
+    pretrain_steps: int = field(default=1500, metadata={"help": "Stage 1: steps of CLIP on one-object sentences."})
+    finetune_steps: int = field(default=300, metadata={"help": "Stage 2: steps of each fine-tuning arm."})
+    scratch_steps: int = field(default=600, metadata={"help": "Steps of each from-scratch arm."})
     batch_size: int = field(default=128, metadata={"help": "Images per step (one caption each)."})
-    scratch_learning_rate: float = field(default=1e-3, metadata={"help": "Towers' learning rate from scratch."})
-    finetune_learning_rate: float = field(default=1e-4, metadata={"help": "Towers' learning rate when fine-tuning."})
+    scratch_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Towers' learning rate from scratch (stage 1 and the from-scratch arms)."}
+    )
+    finetune_learning_rate: float = field(default=3e-4, metadata={"help": "Towers' learning rate in stage 2."})
     mask_learning_rate: float = field(default=1e-3, metadata={"help": "Mask head's learning rate (the paper's)."})
-    p_long: float = field(default=0.5, metadata={"help": "Share of steps' captions that are the long caption."})
-    seed: int = field(default=0, metadata={"help": "Seed of initialisation, data order and caption draws."})
-    stages: str = field(default="scratch,finetune", metadata={"help": "Comma-separated: scratch, finetune."})
+    p_long: float = field(
+        default=0.5, metadata={"help": "SmartCLIP's sampling: share of the long caption (else one of its sentences)."}
+    )
+    seeds: str = field(default="0", metadata={"help": "Comma-separated seeds; every arm runs once per seed."})
+    stages: str = field(default="finetune,scratch", metadata={"help": "Comma-separated: finetune, scratch."})
     publish: str = field(
-        default="scratch/smartclip", metadata={"help": "The arm saved as the hub-ready `smartclip/` folder."}
+        default="finetune/smartclip", metadata={"help": "The arm (of the first seed) saved as `smartclip/`."}
     )
     quick: bool = field(default=False, metadata={"help": "Tiny smoke-test setting (overrides sizes and steps)."})
 
     def __post_init__(self):
         if self.quick:
-            self.num_train_scenes, self.num_test_scenes = 64, 32
-            self.scratch_steps, self.finetune_steps, self.batch_size = 3, 2, 16
-        unknown = set(self.stages.split(",")) - {"scratch", "finetune"}
+            self.num_train_scenes, self.num_test_scenes, self.probe_train_scenes = 64, 32, 64
+            self.pretrain_steps, self.finetune_steps, self.scratch_steps, self.batch_size = 3, 2, 2, 16
+        unknown = set(self.stages.split(",")) - {"finetune", "scratch"}
         if unknown:
-            raise ValueError(f"--stages {self.stages}: unknown {sorted(unknown)}; expected scratch and/or finetune.")
-        if "finetune" in self.stages and "scratch" not in self.stages:
-            raise ValueError("--stages finetune needs the scratch stage: its CLIP arm is the pretrained start.")
+            raise ValueError(f"--stages {self.stages}: unknown {sorted(unknown)}; expected finetune and/or scratch.")
+        try:
+            self.seed_list = [int(seed) for seed in self.seeds.split(",")]
+        except ValueError:
+            raise ValueError(f"--seeds {self.seeds!r}; expected comma-separated integers such as 0,1,2.") from None
+        if self.probe_train_scenes > self.num_train_scenes:
+            raise ValueError(
+                f"--probe_train_scenes {self.probe_train_scenes} is more than --num_train_scenes "
+                f"{self.num_train_scenes}; the probe is fitted on training scenes."
+            )
 
 
-# (arm name, --objective, --mask_pooling, scorings). CLIP and the control never train the head: plain scoring only.
-SCRATCH_ARMS = (
-    ("clip", "clip", None, ("plain",)),
-    ("smartclip", "smartclip", "attention", ("plain", "modular")),
-    ("smartclip-union", "smartclip", "union", ("plain", "modular")),
+@dataclass(frozen=True)
+class Arm:
+    """One training run. `p_long`: 1.0 long captions only, 0.0 one sentence only, None: `--p_long` (SmartCLIP's
+    sampling: the long caption or one of its sentences)."""
+
+    name: str
+    objective: str
+    description: str
+    p_long: float | None = None
+    mask_pooling: str | None = None
+
+
+PRETRAIN = Arm("pretrained", "clip", "CLIP, one-object sentences only (stage 1)", p_long=0.0)
+# In the order of the paper's tables: CLIP, Direct FT, Long-CLIP, SmartCLIP; then what separates sampling and mask.
+FINETUNE_ARMS = (
+    Arm("direct-ft", "clip", "Direct FT: CLIP loss, long captions only", p_long=1.0),
+    Arm("longclip", "longclip", "Long-CLIP: long caption + first sentence vs PCA image", p_long=1.0),
+    Arm("clip-sampled", "clip", "CLIP loss, SmartCLIP's sampling"),
+    Arm("smartclip", "smartclip", "SmartCLIP, paper head", mask_pooling="attention"),
+    Arm("smartclip-union", "smartclip", "SmartCLIP, union head", mask_pooling="union"),
+    Arm("random-mask", "random_mask", "random-mask control"),
 )
-FINETUNE_ARMS = (*SCRATCH_ARMS, ("random-mask", "random_mask", None, ("plain",)))
+SCRATCH_ARMS = (
+    Arm("clip", "clip", "CLIP"),
+    Arm("smartclip", "smartclip", "SmartCLIP, paper head", mask_pooling="attention"),
+    Arm("smartclip-union", "smartclip", "SmartCLIP, union head", mask_pooling="union"),
+)
+# (column, metric key): "short" is retrieval with the one-object sentences; the probe reads image embeddings only.
+COLUMNS = (
+    ("long T2I", "scenes_long/image_retrieval_recall@1"),
+    ("long I2T", "scenes_long/text_retrieval_recall@1"),
+    ("short T2I", "scenes_multi/image_retrieval_recall@1"),
+    ("short I2T", "scenes_multi/text_retrieval_recall@1"),
+    ("zero-shot", "scenes_zeroshot/acc1"),
+    ("atomic", "scenes_atomic/acc"),
+    ("atomic held-out", "scenes_atomic/acc_held_out"),
+    ("probe shape", "scenes_probe/shape_acc"),
+    ("probe colour", "scenes_probe/colour_acc"),
+)
 
 
-def train_arm(args: CompareArguments, stage: str, arm: tuple, start: str | None, eval_sets) -> dict:
-    """Trains and evaluates one arm; returns its metrics and log history."""
-    name, objective, pooling, scorings = arm
-    output_dir = Path(args.output_dir, stage, name)
+def first_sentences(dataset, collator):
+    """Long-CLIP's data step: the collator also delivers each caption's first sentence."""
+    collator.first_sentence = True
+    return dataset, collator
+
+
+class Evaluator:
+    """Every metric of one trained arm: `evaluate_model` on the test scenes plus the linear probe."""
+
+    def __init__(self, args: CompareArguments):
+        scenes = builtin_scenes(args.num_train_scenes, args.num_test_scenes, 0)
+        self.test_split = scenes["test"]
+        self.probe_split = scenes["train"].select(range(args.probe_train_scenes))
+        self.eval_sets = scene_eval_sets(self.test_split)
+
+    def __call__(self, model, processor) -> dict:
+        results = evaluate_model(model, processor, self.eval_sets)
+        probe = scene_probe(model, processor, self.probe_split, self.test_split)
+        for scoring in ("plain", "modular"):
+            if scoring in results:  # the probe does not depend on the scoring: the same numbers in each
+                results[scoring].update({f"scenes_probe/{name}": value for name, value in probe.items()})
+        return results
+
+
+class Progress:
+    """One line before each arm: which arm, how far the whole run is, and an ETA from the seconds per step so far."""
+
+    def __init__(self, total_steps: int, total_arms: int):
+        self.total_steps, self.total_arms = total_steps, total_arms
+        self.done_steps, self.done_arms, self.start = 0, 0, time.monotonic()
+
+    def begin(self, label: str, steps: int) -> None:
+        elapsed = time.monotonic() - self.start
+        eta = f", about {elapsed / self.done_steps * (self.total_steps - self.done_steps) / 60:.1f} min left" if (
+            self.done_steps) else ""
+        logger.info("[%d/%d] %s: %d steps (%.1f min elapsed%s)", self.done_arms + 1, self.total_arms, label, steps,
+                    elapsed / 60, eta)
+
+    def end(self, steps: int) -> None:
+        self.done_steps += steps
+        self.done_arms += 1
+
+
+def train_arm(args, arm: Arm, stage: str, seed: int, start: str | None, evaluator, progress) -> dict:
+    """Trains and evaluates one arm; returns its metrics, log history, output folder and timings."""
+    steps = {"pretrain": args.pretrain_steps, "finetune": args.finetune_steps}.get(stage, args.scratch_steps)
+    output_dir = Path(args.output_dir, f"seed{seed}", stage, arm.name)
+    p_long = args.p_long if arm.p_long is None else arm.p_long
     model_args = ModelArguments(
-        model_name_or_path=start, objective=objective, mask_pooling=pooling, mask_learning_rate=args.mask_learning_rate
+        model_name_or_path=start, objective=arm.objective, mask_pooling=arm.mask_pooling,
+        mask_learning_rate=args.mask_learning_rate,
     )
     data_args = DataArguments(
         num_train_scenes=args.num_train_scenes, num_test_scenes=args.num_test_scenes,
-        p_long=args.p_long, p_sentence=1 - args.p_long, p_short=0.0,
+        p_long=p_long, p_sentence=1 - p_long, p_short=0.0,
     )
     training_args = TrainingArguments(
         output_dir=str(output_dir),
-        max_steps=args.scratch_steps if stage == "scratch" else args.finetune_steps,
+        max_steps=steps,
         per_device_train_batch_size=args.batch_size,
-        learning_rate=args.scratch_learning_rate if stage == "scratch" else args.finetune_learning_rate,
+        learning_rate=args.finetune_learning_rate if stage == "finetune" else args.scratch_learning_rate,
         weight_decay=0.1,
         warmup_steps=0.05,
         lr_scheduler_type="cosine",
-        logging_steps=min(25, args.finetune_steps),
+        logging_steps=min(25, steps),
         save_strategy="no",
         report_to=[],
-        seed=args.seed,
+        seed=seed,
         use_cpu=not torch.cuda.is_available(),
     )
-    logger.info("Training %s/%s (%s, %d steps)", stage, name, objective, training_args.max_steps)
+    progress.begin(f"seed {seed}, {stage}/{arm.name} ({arm.description})", steps)
+    wall, cpu = time.monotonic(), time.process_time()
+    # Long-CLIP takes no lambda weights, so its objective is built here rather than from `--objective`.
+    objective = build_objective("longclip") if arm.objective == "longclip" else None
     result = run_training(
-        model_args, data_args, training_args, eval_fn=lambda model, processor: evaluate_model(model, processor, eval_sets, scorings)
+        model_args, data_args, training_args, eval_fn=evaluator, objective=objective,
+        data_step=first_sentences if arm.objective == "longclip" else None,
     )
-    return {**result["evaluation"], "log_history": result["log_history"], "output_dir": str(output_dir)}
+    progress.end(steps)
+    timing = {"wall_s": time.monotonic() - wall, "cpu_s": time.process_time() - cpu}
+    return {**result["evaluation"], "log_history": result["log_history"], "output_dir": str(output_dir),
+            "timing": timing}
+
+
+def save_as_clip(model_dir: str, path: Path) -> None:
+    """A trained arm's towers as a plain CLIP checkpoint, so each stage-2 arm converts it with `from_clip` and gets
+    a fresh head of its own kind."""
+    SmartCLIPModel.from_pretrained(model_dir).to_clip().save_pretrained(path)
+    SmartCLIPProcessor.from_pretrained(model_dir).save_pretrained(path)
+
+
+def run_seed(args: CompareArguments, seed: int, evaluator: Evaluator, progress: Progress) -> dict[str, dict]:
+    """Every arm of one seed: `{"finetune/pretrained": ..., "finetune/direct-ft": ..., "scratch/clip": ...}`."""
+    runs = {}
+    if "finetune" in args.stages:
+        pretrained = train_arm(args, PRETRAIN, "pretrain", seed, None, evaluator, progress)
+        runs["finetune/pretrained"] = pretrained
+        start = Path(args.output_dir, f"seed{seed}", "pretrained-clip")
+        save_as_clip(pretrained["output_dir"], start)
+        for arm in FINETUNE_ARMS:
+            runs[f"finetune/{arm.name}"] = train_arm(args, arm, "finetune", seed, str(start), evaluator, progress)
+    if "scratch" in args.stages:
+        for arm in SCRATCH_ARMS:
+            runs[f"scratch/{arm.name}"] = train_arm(args, arm, "scratch", seed, None, evaluator, progress)
+    return runs
+
+
+# ----- summary over seeds -----------------------------------------------------------------------------------------
+
+
+def summarise(runs_by_seed: dict[int, dict[str, dict]]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """`{run: {scoring: {metric key: [value per seed]}}}` for the table's metrics."""
+    summary: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for runs in runs_by_seed.values():
+        for run, results in runs.items():
+            for scoring in ("plain", "modular"):
+                for _, key in COLUMNS:
+                    if scoring in results and results[scoring].get(key) is not None:
+                        summary.setdefault(run, {}).setdefault(scoring, {}).setdefault(key, []).append(
+                            results[scoring][key]
+                        )
+    return summary
+
+
+def compare_intervals(values: list[float], reference: list[float]) -> int:
+    """+1 if every value is above every reference value, -1 if every one is below, 0 if the [min, max] overlap."""
+    if min(values) > max(reference):
+        return 1
+    if max(values) < min(reference):
+        return -1
+    return 0
+
+
+def _cell(values: list[float] | None, reference: list[float] | None) -> str:
+    if not values:
+        return "–"
+    text = f"{statistics.fmean(values):.3f}"
+    if len(values) > 1:
+        text += f" [{min(values):.2f}, {max(values):.2f}]"
+    if reference is not None and values is not reference:
+        text += {1: " ↑", -1: " ↓", 0: ""}[compare_intervals(values, reference)]
+    return text
+
+
+REFERENCE_RUN = {"finetune": "finetune/pretrained", "scratch": "scratch/clip"}
+STAGE_TITLES = {
+    "finetune": "Fine-tuning the stage-1 CLIP (↑/↓: [min, max] above/below the pretrained row's, no overlap)",
+    "scratch": "From scratch on SmartCLIP's sampling (↑/↓: [min, max] above/below CLIP's, no overlap)",
+}
+
+
+def format_tables(summary: dict, descriptions: dict[str, str], seeds: list[int]) -> str:
+    """Markdown: one table per stage, rows are arms and scorings, columns `COLUMNS`."""
+    spread = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}): mean [min, max]" if len(seeds) > 1 else (
+        f"one seed ({seeds[0]}): no spread, so a mark only says the values differ; run --seeds 0,1,2 for intervals")
+    blocks = []
+    for stage, reference_run in REFERENCE_RUN.items():
+        runs = [run for run in summary if run.startswith(stage + "/")]
+        if not runs:
+            continue
+        reference = summary[reference_run]["plain"]
+        lines = [f"**{STAGE_TITLES[stage]}**; {spread}.", "",
+                 "| arm | scoring | " + " | ".join(label for label, _ in COLUMNS) + " |",
+                 "|---|---|" + "---|" * len(COLUMNS)]
+        for run in runs:
+            for scoring, metrics in summary[run].items():
+                cells = [_cell(metrics.get(key), reference.get(key)) for _, key in COLUMNS]
+                lines.append(f"| {descriptions[run]} | {scoring} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def verdicts(summary: dict) -> list[str]:
+    """The paper's predictions, in its order, each checked on the stage-2 table (plain scoring, the paper's
+    inference; a prediction holds only where the seeds' intervals do not overlap)."""
+    if "finetune/pretrained" not in summary:
+        return []
+
+    def values(run: str, column: str) -> list[float]:
+        return summary[f"finetune/{run}"]["plain"][dict(COLUMNS)[column]]
+
+    def compare(run: str, other: str, column: str) -> int:
+        return compare_intervals(values(run, column), values(other, column))
+
+    words = {1: "higher", -1: "lower", 0: "no clear difference"}
+    short = ("short T2I", "zero-shot", "atomic")
+    lines = []
+    drops = {column: compare("direct-ft", "pretrained", column) for column in short}
+    gain = compare("direct-ft", "pretrained", "long T2I")
+    held = gain == 1 and all(sign == -1 for sign in drops.values())
+    lines.append(
+        f"1. Direct FT gains long retrieval and loses short retrieval and zero-shot (COCO T2I R@1 32.7 -> 21.8): "
+        f"{'reproduced' if held else 'not reproduced'} (vs pretrained: long T2I {words[gain]}; "
+        + ", ".join(f"{column} {words[sign]}" for column, sign in drops.items()) + ")."
+    )
+    kept = {column: compare("longclip", "pretrained", column) for column in short}
+    gain = compare("longclip", "pretrained", "long T2I")
+    held = gain == 1 and all(sign >= 0 for sign in kept.values())
+    lines.append(
+        f"2. Long-CLIP gains long retrieval and keeps short retrieval and zero-shot (COCO T2I 40.4): "
+        f"{'reproduced' if held else 'not reproduced'} (vs pretrained: long T2I {words[gain]}; "
+        + ", ".join(f"{column} {words[sign]}" for column, sign in kept.items()) + ")."
+    )
+    for run, head in (("smartclip", "paper head"), ("smartclip-union", "union head")):
+        signs = {column: compare(run, "longclip", column) for column in ("long T2I", "long I2T", "short T2I")}
+        held = all(sign == 1 for sign in signs.values())
+        lines.append(
+            f"3. SmartCLIP ({head}, plain scoring) beats Long-CLIP on long and short retrieval (Urban1k T2I 87.4 vs "
+            f"79.5, COCO T2I 42.4 vs 40.4): {'reproduced' if held else 'not reproduced'} ("
+            + ", ".join(f"{column} {words[sign]}" for column, sign in signs.items()) + ")."
+        )
+    return lines
+
+
+# ----- the run ----------------------------------------------------------------------------------------------------
 
 
 def plot_masks(model_dir: str, sentences: list[str], path: Path, title: str) -> None:
@@ -121,44 +367,52 @@ def plot_masks(model_dir: str, sentences: list[str], path: Path, title: str) -> 
 def run_compare(args: CompareArguments) -> dict:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    test_split = builtin_scenes(args.num_train_scenes, args.num_test_scenes, 0)["test"]
-    eval_sets = scene_eval_sets(test_split)
+    evaluator = Evaluator(args)
+    arms = ([PRETRAIN, *FINETUNE_ARMS] if "finetune" in args.stages else []) + (
+        list(SCRATCH_ARMS) if "scratch" in args.stages else [])
+    steps_per_seed = ("finetune" in args.stages) * (args.pretrain_steps + len(FINETUNE_ARMS) * args.finetune_steps) + (
+        "scratch" in args.stages) * len(SCRATCH_ARMS) * args.scratch_steps
+    progress = Progress(steps_per_seed * len(args.seed_list), len(arms) * len(args.seed_list))
+    start = time.monotonic(), time.process_time()
 
-    runs: dict[str, dict] = {}
-    for arm in SCRATCH_ARMS:
-        runs[f"scratch/{arm[0]}"] = train_arm(args, "scratch", arm, None, eval_sets)
-    if "finetune" in args.stages:
-        # The pretrained start: the from-scratch CLIP's towers, as a plain CLIP checkpoint, so each arm converts
-        # it with `from_clip` and gets a fresh head of its own kind.
-        pretrained = output_dir / "pretrained-clip"
-        SmartCLIPModel.from_pretrained(runs["scratch/clip"]["output_dir"]).to_clip().save_pretrained(pretrained)
-        SmartCLIPProcessor.from_pretrained(runs["scratch/clip"]["output_dir"]).save_pretrained(pretrained)
-        for arm in FINETUNE_ARMS:
-            runs[f"finetune/{arm[0]}"] = train_arm(args, "finetune", arm, str(pretrained), eval_sets)
+    runs_by_seed = {seed: run_seed(args, seed, evaluator, progress) for seed in args.seed_list}
 
-    # Report: results, table, plots and the hub-ready folder.
-    save_results({"settings": asdict(args), **runs}, output_dir / "results.json")
-    table = "\n\n".join(
-        format_table({name: run for name, run in runs.items() if name.startswith(stage)}) for stage in ("scratch", "finetune")
-    )
-    (output_dir / "results.md").write_text(table + "\n")
-    plot_training_curves({name: run["log_history"] for name, run in runs.items()}, str(output_dir / "training_curves.png"))
-    publish = args.publish if args.publish in runs else "scratch/smartclip"
-    sentences = sorted({s for captions in test_split["short_captions"] for s in captions})
-    plot_masks(runs[publish]["output_dir"], sentences, output_dir / "mask_usage.png", f"{publish}: mask usage per concept")
+    # Report: results, tables, verdicts, plots and the hub-ready folder.
+    descriptions = {f"finetune/{arm.name}": arm.description for arm in (PRETRAIN, *FINETUNE_ARMS)}
+    descriptions |= {f"scratch/{arm.name}": f"{arm.description} (scratch)" for arm in SCRATCH_ARMS}
+    summary = summarise(runs_by_seed)
+    timing = {"wall_s": time.monotonic() - start[0], "cpu_s": time.process_time() - start[1],
+              "threads": torch.get_num_threads()}
+    report = "\n\n".join([
+        format_tables(summary, descriptions, args.seed_list),
+        "**The paper's predictions, checked** (stage 2, plain scoring):\n\n" + "\n".join(verdicts(summary)),
+        f"Settings: {args.seeds=}, {args.pretrain_steps=}, {args.finetune_steps=}, {args.scratch_steps=}, "
+        f"{args.batch_size=}, {args.num_train_scenes=}, {args.num_test_scenes=}; "
+        f"{timing['wall_s'] / 60:.1f} min wall, {timing['cpu_s'] / 60:.1f} min CPU on {timing['threads']} threads.",
+    ])
+    save_results({"settings": asdict(args), "timing": timing, "summary": summary,
+                  **{f"seed{seed}": runs for seed, runs in runs_by_seed.items()}}, output_dir / "results.json")
+    (output_dir / "results.md").write_text(report + "\n")
+    first = runs_by_seed[args.seed_list[0]]
+    plot_training_curves({name: run["log_history"] for name, run in first.items()},
+                         str(output_dir / "training_curves.png"))
+    publish = args.publish if args.publish in first else next(name for name in first if "smartclip" in name)
+    sentences = sorted({s for captions in evaluator.test_split["short_captions"] for s in captions})
+    plot_masks(first[publish]["output_dir"], sentences, output_dir / "mask_usage.png", f"{publish}: mask usage")
     # Model, processor and code only: the Trainer's pickled arguments and states stay in the arm's folder.
-    SmartCLIPModel.from_pretrained(runs[publish]["output_dir"]).save_pretrained(output_dir / "smartclip")
-    SmartCLIPProcessor.from_pretrained(runs[publish]["output_dir"]).save_pretrained(output_dir / "smartclip")
-    print(table)
+    SmartCLIPModel.from_pretrained(first[publish]["output_dir"]).save_pretrained(output_dir / "smartclip")
+    SmartCLIPProcessor.from_pretrained(first[publish]["output_dir"]).save_pretrained(output_dir / "smartclip")
+    print(report)
     print(f"\nSaved: {output_dir / 'results.json'}, {output_dir / 'results.md'}, plots, and the hub-ready "
-          f"SmartCLIP ({publish}) in {output_dir / 'smartclip'}.")
-    return runs
+          f"SmartCLIP ({publish}, seed {args.seed_list[0]}) in {output_dir / 'smartclip'}.")
+    return runs_by_seed
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console script `smartclip-compare`."""
     (args,) = HfArgumentParser(CompareArguments).parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()  # keep the Trainer's progress bars, not its metric dumps
     run_compare(args)
 
 

@@ -27,6 +27,8 @@ COUNTS_KEY = "counts"  # smartclip-eval's sizes of the evaluation sets
 BASE_MODEL_KEYS = ("base_model", "model_name_or_path", "clip_model_name_or_path", "pretrained_model_name_or_path")
 DATASET_KEYS = ("dataset_name", "dataset", "train_dataset")
 BUILTIN_DATASET = "the built-in synthetic scenes of `smartclip_data.scenes` (shapes and colours, 32x32)"
+# Training arguments on the card even at the Trainer's defaults (the others only when the run changed them).
+ALWAYS_SHOWN = ("learning_rate", "per_device_train_batch_size", "num_train_epochs", "max_steps", "seed")
 LOCAL_CHECKPOINT = "a local checkpoint (not published)"
 LOCAL_DATASET = "a local dataset (not published)"
 FROM_SCRATCH = "none (towers trained from scratch)"
@@ -230,7 +232,9 @@ def read_run_record(folders: list[Path]) -> RunRecord:
         record = {
             key: value
             for key, value in record.items()
-            if not (key.startswith("training.") and defaults.get(key.removeprefix("training."), object()) == value)
+            if not key.startswith("training.")
+            or key.removeprefix("training.") in ALWAYS_SHOWN
+            or defaults.get(key.removeprefix("training."), object()) != value
         }
     secrets = sorted(key for key, value in record.items() if looks_secret(key, value))
     if secrets:

@@ -1,46 +1,53 @@
 """`smartclip-push`: a trained SmartCLIP folder (or a Trainer checkpoint) to a Hub repo, with its model card.
 
 The folder is never uploaded as is. The model and processor are loaded (safetensors only) and saved again into a
-staging folder, which therefore holds exactly the weights, `config.json` with `auto_map`, the model code, the
-processor and tokenizer files, the card as `README.md` and the plots, and nothing a checkpoint carries besides
+staging folder, which therefore holds exactly the weights, `config.json` with `auto_map`, the model code (with the
+retrieval helpers the demo's Space uses), the processor and tokenizer files, the card as `README.md` and the plots, and nothing a checkpoint carries besides
 (optimizer and scheduler states, RNG states, the pickled `training_args.bin`, caches). The staging folder goes up in
 one commit, so a failed upload changes nothing on the Hub and a re-run completes it.
+
+Nothing is staged that the user did not mean to ship: a checkpoint whose weights do not load exactly (missing,
+unexpected or non-finite) is refused, naming them; `auto_map` entries that point at code other than this package's
+(another repo's, which `trust_remote_code=True` would run) are removed with a warning; values that look like
+credentials stay off the card. Every request has a timeout (`--timeout`), so an endpoint that stops answering is an
+error naming the step, not a hang.
 
     smartclip-push outputs/compare/smartclip me/smartclip-scenes \\
         --results outputs/compare/results.json --plots outputs/compare/*.png
 """
 
 import argparse
-import re
+import contextlib
+import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi
+import httpx2
+from huggingface_hub import CommitOperationAdd, HfApi, get_session
 from huggingface_hub.errors import HTTPError
 from huggingface_hub.utils import validate_repo_id
 
-from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
+from modeling_smartclip import retrieval
+from modeling_smartclip.loading import load_model_and_processor
 
-from .card import TEMPLATE_PATH, build_model_card, read_results, read_run_record
+from .auto_map import strip_foreign_auto_map
+from .card import TEMPLATE_PATH, build_model_card, read_results, read_run_record, run_folders
 
 PROCESSOR_FILE = "processor_config.json"
-CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")  # the Trainer's; its run folder holds what was saved once per run
+# Seconds to connect, and between two bytes sent or received: a stalled server is an error after this, while a large
+# upload that keeps moving is never cut.
+DEFAULT_TIMEOUT_S = 60.0
 
 
 class PushError(RuntimeError):
     """An upload step failed (HTTP error or no connection); the message names the step and the server's answer."""
 
 
-def _run_folders(source: Path) -> list[Path]:
-    """`source`, then its run folder if it is a Trainer `checkpoint-N` (the processor may be saved only there)."""
-    return [source, source.parent] if CHECKPOINT_NAME.fullmatch(source.name) else [source]
-
-
 def _processor_folder(source: Path, processor: Path | None) -> Path:
-    """Where the processor files are: `processor` if given, else the first of `_run_folders(source)` holding them."""
-    candidates = [processor] if processor is not None else _run_folders(source)
+    """Where the processor files are: `processor` if given, else the first of `run_folders(source)` holding them."""
+    candidates = [processor] if processor is not None else run_folders(source)
     for folder in candidates:
         if (folder / PROCESSOR_FILE).is_file():
             return folder
@@ -81,8 +88,11 @@ def stage_model(
     source, staging_dir = Path(source), Path(staging_dir)
     if not (source / "config.json").is_file():
         raise ValueError(f"{source} is not a saved model folder: it has no config.json.")
+    model_type = json.loads((source / "config.json").read_text()).get("model_type")
+    if model_type != "smartclip":
+        raise ValueError(f"{source} has model_type {model_type!r}; smartclip-push publishes a trained 'smartclip' model.")
     if not Path(card_template).is_file():
-        raise ValueError(f"Model card template {card_template} not found; pass the path of MODEL_CARD.md.")
+        raise ValueError(f"Model card template {card_template} not found; pass a Jinja2 model card template.")
     plot_paths = [Path(plot) for plot in plots]
     missing = [str(plot) for plot in plot_paths if not plot.is_file()]
     if missing:
@@ -93,14 +103,18 @@ def stage_model(
     measurements, model_key = read_results(results, results_model) if results is not None else (None, None)
     processor_dir = _processor_folder(source, processor and Path(processor))
 
-    model = SmartCLIPModel.from_pretrained(source)  # safetensors; the code files and auto_map come with the save
-    model.save_pretrained(staging_dir)
-    SmartCLIPProcessor.from_pretrained(processor_dir).save_pretrained(staging_dir)
+    # safetensors only, the installed classes (the folder's code is never run); every weight exactly as saved
+    model, processor = load_model_and_processor(source, processor_dir, strict=True)
+    model.save_pretrained(staging_dir)  # the weights, config.json and the model's code files
+    processor.save_pretrained(staging_dir)
+    # The retrieval encoders too, which the demo's Space loads from the repo's code (nothing imports them on load).
+    shutil.copyfile(retrieval.__file__, staging_dir / "retrieval.py")
+    strip_foreign_auto_map(staging_dir)
     for plot in plot_paths:
         (staging_dir / "plots").mkdir(exist_ok=True)
         shutil.copyfile(plot, staging_dir / "plots" / plot.name)
 
-    run = read_run_record(_run_folders(source))
+    run = read_run_record(run_folders(source))
     run.base_model = base_model or run.base_model
     run.dataset = dataset or run.dataset
     card = build_model_card(
@@ -121,6 +135,21 @@ def stage_space(staging_dir: str | Path, model_repo_id: str) -> list[str]:
     return list_files(Path(staging_dir))
 
 
+@contextlib.contextmanager
+def request_timeout(seconds: float):
+    """Inside the block, huggingface_hub's shared HTTP client gives up after `seconds` without progress.
+
+    Its default client waits forever, and most `HfApi` calls take no timeout argument. The client's own timeout is
+    put back on exit.
+    """
+    session = get_session()
+    previous, session.timeout = session.timeout, httpx2.Timeout(seconds)
+    try:
+        yield
+    finally:
+        session.timeout = previous
+
+
 def commit_folder(
     api: HfApi,
     folder: Path,
@@ -129,28 +158,35 @@ def commit_folder(
     private: bool | None = None,
     revision: str | None = None,
     commit_message: str = "Upload SmartCLIP",
+    timeout: float = DEFAULT_TIMEOUT_S,
 ) -> str:
     """Creates the repo (and the branch `revision`) if needed and commits every file of `folder` at once.
 
-    Returns the commit URL. Raises `PushError` naming the step that failed; a failed commit changes nothing.
+    Returns the commit URL. Raises `PushError` naming the step that failed (an HTTP error, no connection, or no
+    answer within `timeout` seconds); a commit is all or nothing, so a failed one changes nothing.
     """
     step = f"creating the {repo_type} repo {repo_id}"
     try:
-        repo_url = api.create_repo(
-            repo_id, repo_type=repo_type, private=private, exist_ok=True,
-            space_sdk="gradio" if repo_type == "space" else None,
-        )
-        repo_id = repo_url.repo_id
-        if revision not in (None, "main"):
-            step = f"creating the branch {revision!r} of {repo_id}"
-            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-        files = list_files(folder)
-        step = f"committing {len(files)} files to {repo_id}@{revision or 'main'}"
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
-        commit = api.create_commit(
-            repo_id, operations, commit_message=commit_message, repo_type=repo_type, revision=revision
-        )
-    except HTTPError as error:
+        with request_timeout(timeout):
+            repo_url = api.create_repo(
+                repo_id, repo_type=repo_type, private=private, exist_ok=True,
+                space_sdk="gradio" if repo_type == "space" else None,
+            )
+            repo_id = repo_url.repo_id
+            if revision not in (None, "main"):
+                step = f"creating the branch {revision!r} of {repo_id}"
+                api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+            files = list_files(folder)
+            step = f"committing {len(files)} files to {repo_id}@{revision or 'main'}"
+            operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
+            commit = api.create_commit(
+                repo_id, operations, commit_message=commit_message, repo_type=repo_type, revision=revision
+            )
+    except httpx2.TimeoutException as error:
+        raise PushError(f"{step} failed: {api.endpoint} did not answer within {timeout:g} s") from error
+    except httpx2.TransportError as error:
+        raise PushError(f"{step} failed: cannot reach {api.endpoint} ({type(error).__name__}: {error})") from error
+    except HTTPError as error:  # the HTTP error answers (huggingface_hub's errors derive from it)
         raise PushError(f"{step} failed: {error}") from error
     return commit.commit_url
 
@@ -185,7 +221,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", help="training data, if the run's training_args.json does not name it")
     parser.add_argument("--eval_dataset", help="what the results were measured on (default: the training data)")
     parser.add_argument("--license", default="apache-2.0", help="license id of the card; default apache-2.0")
-    parser.add_argument("--card_template", type=Path, default=TEMPLATE_PATH, help="model card template (MODEL_CARD.md)")
+    parser.add_argument("--card_template", type=Path, default=TEMPLATE_PATH,
+                        help="Jinja2 model card template (default: the package's model_card_template.md)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help=f"seconds a request may wait to connect or between two bytes; default {DEFAULT_TIMEOUT_S:g}")
     parser.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
     return parser
 
@@ -198,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         card_template=args.card_template,
     )
     try:
+        if not args.timeout > 0:
+            raise ValueError(f"--timeout {args.timeout}; expected a number of seconds above 0.")
         for repo_id in filter(None, (args.repo_id, args.space)):
             validate_repo_id(repo_id)  # a ValueError naming the bad id, before any work
             if "/" not in repo_id:  # the card and the Space name the model by this id, so it must be complete
@@ -218,17 +259,20 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = Path(staging) / "model"
             files = stage_model(args.model_dir, model_dir, args.repo_id, **stage_kwargs)
             private = args.private or None  # None: the Hub's default visibility
-            url = commit_folder(api, model_dir, args.repo_id, "model", private, args.revision, args.commit_message)
+            url = commit_folder(
+                api, model_dir, args.repo_id, "model", private, args.revision, args.commit_message, args.timeout
+            )
             print(f"Pushed {len(files)} files to {args.repo_id}: {url}")
             if args.space:
                 space_dir = Path(staging) / "space"
                 files = stage_space(space_dir, args.repo_id)
-                url = commit_folder(api, space_dir, args.space, "space", private, None, args.commit_message)
+                url = commit_folder(api, space_dir, args.space, "space", private, None, args.commit_message, args.timeout)
                 print(f"Pushed {len(files)} files to Space {args.space}: {url}")
     except PushError as error:
         print(
-            f"smartclip-push: {error}\nThe failed step committed nothing and {args.model_dir} is unchanged; re-run "
-            "the same command to complete the push (files already on the Hub are skipped).",
+            f"smartclip-push: {error}\nNothing was half-published (a commit lands whole or not at all) and "
+            f"{args.model_dir} is unchanged; re-run the same command to complete the push (files already on the Hub "
+            "are skipped).",
             file=sys.stderr,
         )
         return 1

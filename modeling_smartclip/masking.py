@@ -13,6 +13,8 @@ from .configuration_smartclip import SCORINGS, SmartCLIPConfig
 
 # Floor of a masked image's squared norm: an all-zero mask scores 0 with a finite gradient (not 1e18).
 EMPTY_MASK_EPS = 1e-6
+# Caption rows per block in the masked similarity's backward: bounds its temporaries to (1024, n_image).
+BACKWARD_ROWS = 1024
 
 
 class SmartCLIPMaskHead(nn.Module):
@@ -82,30 +84,43 @@ class SmartCLIPMaskHead(nn.Module):
 
 
 class _MaskedCosine(torch.autograd.Function):
-    """`S = (A @ I^T) * rsqrt(M @ J^T)` for masked captions `A`, images `I`, masks `M` and squared images `J`, all
-    `(n, D)`. Autograd would keep four `(n_text, n_image)` tensors for backward; this keeps one (the inverse masked
-    norm) and recomputes the numerator in backward (one more matmul)."""
+    """`S = scale * (U * M) @ I^T * rsqrt(M @ (I * I)^T)`, `U = T / |T|`, for captions `T`, masks `M` `(n_text, D)` and
+    images `I` `(n_image, D)`: `masked_similarity`'s training path. Autograd would keep four `(n_text, n_image)`
+    tensors and four `(n, D)` intermediates for backward; this keeps only the inverse masked norm besides its inputs,
+    and recomputes the rest in backward (one more matmul), in blocks of `BACKWARD_ROWS` captions."""
 
     @staticmethod
-    def forward(ctx, masked_text, image_embeds, text_masks, image_embeds_squared):
-        inverse_norm = (text_masks @ image_embeds_squared.T).clamp_min_(EMPTY_MASK_EPS).rsqrt_()  # (n_text, n_image)
-        ctx.save_for_backward(masked_text, image_embeds, text_masks, image_embeds_squared, inverse_norm)
-        return (masked_text @ image_embeds.T).mul_(inverse_norm)
+    def forward(ctx, text_embeds, image_embeds, text_masks, scale):
+        text_norm = text_embeds.norm(dim=-1, keepdim=True)  # (n_text, 1)
+        inverse_norm = (text_masks @ image_embeds.square().T).clamp_min_(EMPTY_MASK_EPS).rsqrt_()  # (n_text, n_image)
+        ctx.save_for_backward(text_embeds, image_embeds, text_masks, scale, text_norm, inverse_norm)
+        return (text_embeds * text_masks * (scale / text_norm) @ image_embeds.T).mul_(inverse_norm)
 
     @staticmethod
     def backward(ctx, grad):
-        masked_text, image_embeds, text_masks, image_embeds_squared, inverse_norm = ctx.saved_tensors
-        grad_numerator = grad * inverse_norm  # dS/dN = P^(-1/2)
-        # dS/dP = -N P^(-3/2) / 2, in the recomputed numerator's memory; 0 where the clamp held P at its floor.
-        grad_norm_sq = (masked_text @ image_embeds.T).mul_(grad_numerator).mul_(inverse_norm).mul_(inverse_norm)
-        clamped = inverse_norm >= inverse_norm.new_tensor(EMPTY_MASK_EPS).rsqrt()
-        grad_norm_sq.mul_(-0.5).masked_fill_(clamped, 0.0)  # (n_text, n_image)
-        return (
-            grad_numerator @ image_embeds,  # (n_text, D)
-            grad_numerator.T @ masked_text,  # (n_image, D)
-            grad_norm_sq @ image_embeds_squared,  # (n_text, D)
-            grad_norm_sq.T @ text_masks,  # (n_image, D)
-        )
+        text_embeds, image_embeds, text_masks, scale, text_norm, inverse_norm = ctx.saved_tensors
+        unit_text, image_squared = text_embeds / text_norm, image_embeds.square()  # (n_text, D), (n_image, D)
+        floor = inverse_norm.new_tensor(EMPTY_MASK_EPS).rsqrt()  # where the clamp held P, P is a constant
+        grad_unit, grad_masks = torch.empty_like(unit_text), torch.empty_like(text_masks)  # (n_text, D)
+        grad_image, grad_squared = torch.zeros_like(image_embeds), torch.zeros_like(image_squared)  # (n_image, D)
+        grad_scale = torch.zeros_like(scale)
+        for start in range(0, len(grad), BACKWARD_ROWS):
+            rows = slice(start, start + BACKWARD_ROWS)
+            masked_unit, inverse = unit_text[rows] * text_masks[rows], inverse_norm[rows]  # (rows, D), (rows, n_image)
+            numerator = masked_unit @ image_embeds.T  # N, recomputed: (rows, n_image)
+            grad_numerator = grad[rows] * inverse  # dS/dN = scale * P^(-1/2), times scale below
+            grad_scale += (grad_numerator * numerator).sum()
+            grad_numerator *= scale
+            grad_norm_sq = numerator.mul_(grad_numerator).mul_(inverse).mul_(inverse).mul_(-0.5)  # dS/dP, in N's memory
+            grad_norm_sq.masked_fill_(inverse >= floor, 0.0)
+            torch.matmul(grad_numerator, image_embeds, out=grad_unit[rows])  # dL/d(U * M)
+            torch.matmul(grad_norm_sq, image_squared, out=grad_masks[rows])
+            grad_image.addmm_(grad_numerator.T, masked_unit)
+            grad_squared.addmm_(grad_norm_sq.T, text_masks[rows])
+        grad_masks += grad_unit * unit_text
+        grad_unit *= text_masks  # dL/dU; through U = T / |T|:
+        grad_text = (grad_unit - (grad_unit * unit_text).sum(-1, keepdim=True) * unit_text) / text_norm
+        return grad_text, grad_image.addcmul_(grad_squared, image_embeds, value=2.0), grad_masks, grad_scale
 
 
 def masked_similarity(
@@ -126,21 +141,24 @@ def masked_similarity(
         chunk_size: captions per block when no gradient is needed (inference): besides the output, at most one
             `(chunk_size, n_image)` block is built at a time.
         image_embeds_squared: `image_embeds ** 2`, if a gallery already holds it.
-        scale: a factor (e.g. `exp(logit_scale)`), applied to the `(n_text, D)` captions so that its gradient needs
-            no `(n_text, n_image)` tensor.
+        scale: a factor (e.g. `exp(logit_scale)`) of the result, applied to the `(n_text, D)` captions (or, in
+            training, inside the autograd function) so that its gradient keeps no `(n_text, n_image)` tensor.
 
     Returns:
         `(n_text, n_image)` masked cosine similarities. No `(n_text, n_image, D)` tensor is built: the numerator is
         `(M * T) @ I^T` and, because `m * m = m` for a binary mask, `||I_b * M_a||^2 = M @ (I * I)^T`.
     """
+    inputs = (text_embeds, image_embeds, text_masks, scale)
+    if torch.is_grad_enabled() and any(torch.is_tensor(t) and t.requires_grad for t in inputs):
+        # Training: the (n_text, n_image) inverse masked norm is the one pairwise tensor kept for backward.
+        scale = torch.as_tensor(1.0 if scale is None else scale, dtype=text_embeds.dtype, device=text_embeds.device)
+        return _MaskedCosine.apply(text_embeds, image_embeds, text_masks, scale)
+
     if image_embeds_squared is None:
         image_embeds_squared = image_embeds.square()  # (n_image, D)
     masked_text = text_embeds * text_masks / text_embeds.norm(dim=-1, keepdim=True)  # (n_text, D)
     if scale is not None:
         masked_text = masked_text * scale
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (masked_text, image_embeds, image_embeds_squared)):
-        # Training: one (n_text, n_image) tensor kept for backward.
-        return _MaskedCosine.apply(masked_text, image_embeds, text_masks, image_embeds_squared)
 
     # Inference: each block is written once into the output and scaled in place.
     similarity = masked_text.new_empty(len(text_embeds), len(image_embeds))

@@ -4,9 +4,11 @@ and a record of every connection the process opens to anything but this machine.
 import contextlib
 import re
 import socket
+import struct
 import sys
 import time
 import traceback
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +106,21 @@ def recording_outgoing_connections():
         yield _connections
     finally:
         _connections = None
+
+
+def write_huge_png(path: Path, width: int = 12_000, height: int = 12_000) -> Path:
+    """A valid 1-bit PNG of `width` x `height` black pixels: a few tens of KB on disk, 430 MB once decoded to RGB.
+
+    Written by hand (PIL would first allocate the whole image): signature, IHDR, one zlib-compressed IDAT, IEND.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte "none", then the row's bits
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * height, 9))
+        + chunk(b"IEND", b"")
+    )
+    return path

@@ -79,6 +79,8 @@ class HubServer:
 
     `token`: when set, writes (and reads of private repos) need `Authorization: Bearer <token>`.
     `fail_commits`: the next this many commit requests are answered HTTP 500 and change nothing.
+    `stall_commits`: the next this many commit requests are never answered and change nothing (the connection is
+    held open until the server stops), as a Hub that stopped responding mid-push.
     `requests`: `(method, path)` of every request, in order.
     """
 
@@ -90,6 +92,8 @@ class HubServer:
         self.max_body_bytes = max_body_bytes
         self.lifetime_s = lifetime_s
         self.fail_commits = 0
+        self.stall_commits = 0
+        self.stopped = threading.Event()
         self.requests: list[tuple[str, str]] = []
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lock = threading.Lock()
@@ -115,6 +119,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.stopped.set()  # releases stalled requests
         httpd, self._httpd = self._httpd, None
         if httpd is not None:
             httpd.shutdown()
@@ -205,6 +210,10 @@ class _Handler(BaseHTTPRequestHandler):
             for route_method, pattern, name in ROUTES:
                 match = re.fullmatch(pattern, split.path)
                 if route_method == method and match:
+                    if name == "commit" and self._take_stall():
+                        self.hub.stopped.wait(self.hub.lifetime_s)  # outside the lock: other requests are served
+                        self.close_connection = True
+                        return
                     with self.hub.lock:
                         getattr(self, f"serve_{name}")(body, **match.groupdict())
                     return
@@ -216,6 +225,13 @@ class _Handler(BaseHTTPRequestHandler):
             if error.commit:
                 headers["X-Repo-Commit"] = error.commit
             self._send(error.status, json.dumps({"error": error.message}).encode(), headers, method == "HEAD")
+
+    def _take_stall(self) -> bool:
+        with self.hub.lock:
+            if self.hub.stall_commits > 0:
+                self.hub.stall_commits -= 1
+                return True
+            return False
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

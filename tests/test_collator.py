@@ -88,3 +88,23 @@ def test_batch_is_tokenized_truncated_keeping_end_of_text_and_asks_for_the_loss(
     assert batch["input_ids"][1, batch["attention_mask"][1].sum() - 1] == eos
     assert torch.equal(batch["input_ids"][1, : batch["attention_mask"][1].sum()],
                        processor.tokenizer("a blue square.", return_tensors="pt")["input_ids"][0])
+
+
+def test_split_sentences_is_linear_in_the_text_length():
+    # Text that a splitter re-reading everything before each boundary would take minutes on (seconds at a tenth of
+    # the size): many skipped boundaries (abbreviations) and a long run of marks with no white space after it.
+    abbreviations = "e.g. " * 200_000
+    assert split_sentences(abbreviations) == [abbreviations.strip()]
+    marks = "." * 200_000 + "x"
+    assert split_sentences(marks) == [marks]
+    assert split_sentences("see e.g.  this. " * 3) == ["see e.g.  this."] * 3
+
+
+def test_first_sentence_mode_adds_the_drawn_captions_first_sentences(processor):
+    captions = ["a red circle. a blue square.", "a green cross at the top left."]
+    examples = [{"image": Image.new("RGB", (32, 32)), "long_caption": c, "short_captions": None} for c in captions]
+    batch = CaptionCollator(processor, p_long=1.0, p_sentence=0.0, p_short=0.0, first_sentence=True)(examples)
+    expected = processor.tokenizer(["a red circle.", captions[1]], padding=True, return_tensors="pt")
+    assert torch.equal(batch["short_input_ids"], expected["input_ids"])
+    assert torch.equal(batch["short_attention_mask"], expected["attention_mask"])
+    assert "short_input_ids" not in CaptionCollator(processor, p_long=1.0)(examples)

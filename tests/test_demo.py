@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -22,6 +23,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from huggingface_hub.utils import build_hf_headers
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from modeling_smartclip import SmartCLIPModel, encode_gallery, encode_texts, search_images
 from smartclip_demo import app as demo_app
@@ -33,6 +35,7 @@ from tests.demo_support import (
     running_demo,
     save_tiny_smartclip,
     write_gallery_folder,
+    write_huge_png,
 )
 
 pytestmark = GRADIO_PANDAS_WARNINGS
@@ -48,6 +51,7 @@ def served(tmp_path_factory, clip_dir, processor):
     image_path = gallery_dir / "scene_0.png"
     not_an_image = root / "notes.txt"
     not_an_image.write_text("a caption in a text file, not an image")
+    huge = write_huge_png(root / "huge.png")
     # The test's own HTTP client asks huggingface_hub for request headers, which looks up a registry on the Hub
     # once per process; do that before recording so that only the app's connections are recorded. The client's
     # telemetry is off by argument (gradio_client sends it by default).
@@ -56,7 +60,7 @@ def served(tmp_path_factory, clip_dir, processor):
         yield SimpleNamespace(
             client=Client(url, verbose=False, analytics_enabled=False), demo=demo, startup=startup, model_dir=model_dir,
             gallery_dir=gallery_dir, image=handle_file(str(image_path)), image_path=image_path,
-            not_an_image=handle_file(str(not_an_image)), outgoing=outgoing,
+            not_an_image=handle_file(str(not_an_image)), huge=handle_file(str(huge)), outgoing=outgoing,
         )
 
 
@@ -150,6 +154,11 @@ BAD_INPUTS = [
     ("/zero_shot", lambda s: (s.not_an_image, LABELS, TEMPLATE), "notes.txt is not an image"),
     ("/zero_shot", lambda s: (s.image, " , ,", TEMPLATE), "Enter at least one label"),
     ("/zero_shot", lambda s: (s.image, LABELS, "a photo"), "has no '{}'"),
+    ("/zero_shot", lambda s: (s.image, LABELS, "{0.__class__.__mro__}{{}}"), "has braces other than '{}'"),
+    ("/zero_shot", lambda s: (s.image, LABELS, "{0:>300000000}{{}}"), "has braces other than '{}'"),
+    ("/zero_shot", lambda s: (s.image, LABELS, "a {:>9} photo"), "has braces other than '{}'"),
+    ("/zero_shot", lambda s: (s.huge, LABELS, TEMPLATE), "huge.png is 12,000 x 12,000 pixels; the limit is 50,000,000"),
+    ("/search_captions", lambda s: (s.huge, "plain", 3), "huge.png is 12,000 x 12,000 pixels"),
     ("/zero_shot", lambda s: (None, LABELS, TEMPLATE), "Upload an image"),
     ("/search_images", lambda s: ("   ", "modular", 3), "Enter a caption"),
     ("/search_images", lambda s: ("a" * 7000, "modular", 3), "7,000 characters long; the limit is 5,000"),
@@ -307,3 +316,56 @@ def test_space_folder_is_complete_and_holds_no_weights_or_secrets(tmp_path, monk
 
     with pytest.raises(ValueError):
         write_space_folder(tmp_path / "bad", "not a repo id")
+
+
+def test_templates_are_filled_literally():
+    labels = ["red circle", "{0.__class__}", "a {} b"]
+    assert demo_app.fill_template("a photo of a {}.", labels) == {
+        "a photo of a red circle.": "red circle", "a photo of a {0.__class__}.": "{0.__class__}",
+        "a photo of a a {} b.": "a {} b",
+    }
+    assert demo_app.fill_template("{} or {}", ["x"]) == {"x or x": "x"}
+    assert demo_app.fill_template("  ", ["x"]) == {"x": "x"}
+    for template in ("{0}", "{}{", "{!r}", "{label}", "}{}"):
+        with pytest.raises(ValueError, match="braces other than"):
+            demo_app.fill_template(template, ["x"])
+
+
+def test_a_huge_image_is_refused_before_it_is_decoded(tmp_path):
+    huge = write_huge_png(tmp_path / "huge.png")
+    assert huge.stat().st_size < 100_000
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"huge.png is 12,000 x 12,000 pixels; the limit is 50,000,000 pixels"):
+        demo_app.read_upload({"path": str(huge), "orig_name": "huge.png"})
+    assert time.perf_counter() - start < 0.2  # decoding it takes over a second and 430 MB
+
+
+def test_imagefolder_gallery_uses_the_training_reader_for_its_captions(tmp_path):
+    folder = write_gallery_folder(tmp_path / "imagefolder", size=3)
+    (folder / "captions.txt").unlink()
+    (folder / UNREADABLE).unlink()
+    captions = {f"scene_{i}.png": f"caption of scene {i}." for i in range(3)}
+    (folder / "metadata.jsonl").write_text(
+        "\n".join(json.dumps({"file_name": name, "text": text}) for name, text in captions.items()) + "\n"
+    )
+    write_huge_png(folder / "huge.png")
+    with (folder / "metadata.jsonl").open("a") as metadata:
+        metadata.write(json.dumps({"file_name": "huge.png", "text": "too large to decode"}) + "\n")
+
+    gallery = demo_app.load_gallery_folder(folder)
+    assert gallery.names == list(captions) and len(gallery.images) == 3
+    assert gallery.captions == list(captions.values())
+    assert gallery.skipped == ["huge.png"]
+
+
+def test_a_checkpoint_with_missing_weights_does_not_load(served, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(served.model_dir, broken)
+    state = load_file(broken / "model.safetensors")
+    del state["logit_scale"]
+    save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing .*: logit_scale"):
+        demo_app.SmartCLIPDemo.from_pretrained(str(broken))
+    with pytest.raises(SystemExit) as exit_info:
+        demo_app.main(["--model", str(broken), "--gallery", str(served.gallery_dir)])
+    assert "could not load the model" in str(exit_info.value.code) and "logit_scale" in str(exit_info.value.code)

@@ -1,6 +1,8 @@
 """Two gloo processes, each with half the batch, train exactly like one process with the whole batch."""
 
+import itertools
 import socket
+import warnings
 
 import pytest
 import torch
@@ -34,10 +36,13 @@ def tiny_model_and_batch() -> tuple[SmartCLIPModel, dict]:
     return model, batch
 
 
-def loss_and_grads(model: SmartCLIPModel, loss_name: str, batch: dict) -> dict[str, torch.Tensor]:
-    """One forward and backward through the training-loss plug-in: `{"loss": ..., <param name>: grad, ...}`."""
+def loss_and_grads(model: SmartCLIPModel, loss_name: str, batch: dict, local_loss: bool = False) -> dict[str, torch.Tensor]:
+    """One forward and backward through the objective, called as `SmartCLIPTrainer.compute_loss` calls it:
+    `{"loss": ..., <param name>: grad, ...}`."""
     model.zero_grad(set_to_none=True)
-    loss, _ = build_objective(loss_name)(model, model(**batch), batch)
+    objective = build_objective(loss_name, local_loss=local_loss)
+    outputs = model(**batch, output_text_masks=objective.needs_text_masks, return_logits=False)
+    loss, _ = objective(model, outputs, batch)
     loss.backward()
     grads = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
     return {"loss": loss.detach().reshape(1), **grads}
@@ -49,14 +54,20 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     try:
         model, batch = tiny_model_and_batch()
         local = {name: value[rank * PER_RANK : (rank + 1) * PER_RANK] for name, value in batch.items()}
-        for loss_name in ("smartclip", "clip"):
-            result = loss_and_grads(model, loss_name, local)
-            for name, grad in result.items():
-                if name != "loss":  # what DDP does: average the gradients over ranks
-                    dist.all_reduce(grad)
-                    grad /= WORLD_SIZE
-            path = f"{out_dir}/{loss_name}-{rank}.safetensors"
+        for loss_name, local_loss in itertools.product(("smartclip", "clip"), (False, True)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = loss_and_grads(model, loss_name, local, local_loss)
+            for name, value in result.items():
+                # What DDP does: average the gradients over ranks. A local loss is each rank's share of the global
+                # one, so its mean over ranks is the global loss.
+                if name != "loss" or local_loss:
+                    dist.all_reduce(value)
+                    value /= WORLD_SIZE
+            path = f"{out_dir}/{loss_name}-{'local' if local_loss else 'global'}-{rank}.safetensors"
             save_file({name: value.contiguous() for name, value in result.items()}, path)
+            with open(f"{out_dir}/warnings-{rank}.txt", "a") as log:
+                log.writelines(f"{warning.message}\n" for warning in caught)
     finally:
         dist.destroy_process_group()
 
@@ -74,14 +85,20 @@ def two_rank_results(tmp_path_factory):
     return out_dir
 
 
+@pytest.mark.parametrize("mode", ["global", "local"])
 @pytest.mark.parametrize("loss_name", ["smartclip", "clip"])
-def test_two_ranks_match_one_process_on_the_whole_batch(two_rank_results, loss_name):
+def test_two_ranks_match_one_process_on_the_whole_batch(two_rank_results, loss_name, mode):
     model, batch = tiny_model_and_batch()
     assert len(batch["input_ids"]) == WORLD_SIZE * PER_RANK
-    expected = loss_and_grads(model, loss_name, batch)
+    expected = loss_and_grads(model, loss_name, batch)  # one process: the local loss is the global one
     assert ("mask_head.to_logits.weight" in expected) == (loss_name == "smartclip")
     for rank in range(WORLD_SIZE):
-        got = load_file(two_rank_results / f"{loss_name}-{rank}.safetensors")
+        got = load_file(two_rank_results / f"{loss_name}-{mode}-{rank}.safetensors")
         assert got.keys() == expected.keys()
         for name, value in expected.items():
             torch.testing.assert_close(got[name], value, rtol=0, atol=1e-5, msg=f"{loss_name}: {name} on rank {rank}")
+
+
+def test_gathering_uses_no_deprecated_collective(two_rank_results):
+    for rank in range(WORLD_SIZE):
+        assert "torch.distributed.nn.functional" not in (two_rank_results / f"warnings-{rank}.txt").read_text()

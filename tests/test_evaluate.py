@@ -1,7 +1,12 @@
 """The evaluation pipeline, its loaders and the `smartclip-eval` command, on a tiny random SmartCLIP."""
 
+import hashlib
 import json
 import math
+import sys
+import warnings
+from importlib.metadata import entry_points
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,20 +15,32 @@ from datasets import ClassLabel, Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 
 from modeling_smartclip import SmartCLIPModel
+from smartclip_eval import evaluate
 from smartclip_eval.sets import (
+    OPENAI_IMAGENET_TEMPLATES,
     SCENE_CLASSES,
     atomic_probe_set,
     classification_set_from_dataset,
     classification_set_from_folder,
     load_coco_captions,
     load_urban1k,
+    read_templates,
     retrieval_set_from_dataset,
     scene_eval_sets,
 )
-from smartclip_eval.evaluate import _Encoder, class_prompts, evaluate_model, format_table, main
+from smartclip_eval.evaluate import (
+    _Encoder,
+    choose_split,
+    class_prompts,
+    eval_sets_from_args,
+    evaluate_model,
+    format_table,
+    main,
+    parse_args,
+)
 from smartclip_data.scenes import describe, make_scenes
 
-RETRIEVAL = [f"{d}_R@{k}" for d in ("t2i", "i2t") for k in (1, 5, 10)]
+RETRIEVAL = [f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)]
 EXPECTED_KEYS = (
     {f"scenes_long/{m}" for m in RETRIEVAL}
     | {f"scenes_multi/{m}" for m in RETRIEVAL}
@@ -45,7 +62,9 @@ def scenes():
 
 @pytest.fixture(scope="module")
 def builtin_results(model, processor, scenes):
-    return evaluate_model(model, processor, scene_eval_sets(scenes), scorings=("plain", "modular"), batch_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated scoring helper on the way
+        return evaluate_model(model, processor, scene_eval_sets(scenes), scorings=("plain", "modular"), batch_size=8)
 
 
 def _save_images(folder, names):
@@ -64,7 +83,7 @@ def test_builtin_evaluation_has_every_metric_under_both_scorings(builtin_results
     assert set(stats) == {"scenes/density_long", "scenes/density_sentence", "scenes/sentence_in_long"}
     assert all(0.0 <= v <= 1.0 for v in stats.values())
     counts = builtin_results["counts"]
-    assert counts["scenes_long"] == {"images": 16, "texts": 16}
+    assert counts["scenes_long"] == {"images": 16, "texts": 16, "unreadable_images": 0}
     assert counts["scenes_atomic"]["objects"] == counts["scenes_zeroshot"]["images"]
     assert counts["scenes_multi"]["texts"] <= counts["scenes_atomic"]["objects"]  # repeated sentences merged
     assert counts["scenes_atomic"]["held_out_objects"] > 0
@@ -81,11 +100,13 @@ def test_plain_only_has_no_modular_keys_and_same_plain_numbers(model, processor,
     results = evaluate_model(model, processor, scene_eval_sets(scenes), scorings=("plain",), batch_size=8)
     assert set(results) == {"plain", "counts"}
     assert results["plain"] == builtin_results["plain"]
-    model.config.loss_type = "clip"  # the CLIP-loss baseline is scored plainly by default
+    # By default a head that was never trained (CLIP, the CLIP baseline, the random-mask control) is scored plainly.
+    assert "modular" not in evaluate_model(model, processor, scene_eval_sets(scenes)[:1], batch_size=8)
+    model.config.mask_head_trained = True
     try:
-        assert "modular" not in evaluate_model(model, processor, scene_eval_sets(scenes)[:1], batch_size=8)
+        assert "modular" in evaluate_model(model, processor, scene_eval_sets(scenes)[:1], batch_size=8)
     finally:
-        model.config.loss_type = "smartclip"
+        model.config.mask_head_trained = False
 
 
 def test_all_ones_masks_make_modular_equal_plain(clip_dir, processor, scenes):
@@ -103,7 +124,7 @@ def test_class_prompts_average_embeddings_and_take_the_union_of_masks(model, pro
     eval_set = scene_eval_sets(scenes)[2]
     classes = class_prompts(_Encoder(model, processor, batch_size=7), eval_set)
     red_circle = SCENE_CLASSES.index("red circle")
-    prompts = [template.format("red circle") for template in eval_set.templates]
+    prompts = [template.replace("{}", "red circle") for template in eval_set.templates]
     tokens = processor(text=prompts, return_tensors="pt", padding=True)
     with torch.no_grad():
         embeds, masks = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
@@ -133,7 +154,7 @@ def test_urban1k_folder_reads_first_lines(tmp_path, model, processor):
     assert [p.name for p in eval_set.images] == ["a.jpg", "b.jpg", "c.jpg"]
     assert eval_set.text_to_image.tolist() == [0, 1, 2]
     results = evaluate_model(model, processor, [eval_set], scorings=("plain",), batch_size=2)
-    assert results["plain"]["urban1k/t2i_R@5"] == 1.0  # 3 images: everything is in the top 5
+    assert results["plain"]["urban1k/image_retrieval_recall@5"] == 1.0  # 3 images: everything is in the top 5
     (tmp_path / "caption" / "c.txt").unlink()
     with pytest.raises(ValueError, match="c.jpg"):
         load_urban1k(tmp_path)
@@ -148,8 +169,8 @@ def test_coco_json_keeps_five_captions_per_image(tmp_path, model, processor):
     eval_set = load_coco_captions(tmp_path / "captions.json", tmp_path / "val")
     assert eval_set.texts == [f"a red circle {i}" for i in range(5)] + ["a blue square", "a green cross"]
     assert eval_set.text_to_image.tolist() == [0] * 5 + [1] * 2  # image 3 has no caption: left out
-    results = evaluate_model(model, processor, [eval_set], batch_size=4)
-    assert 0.0 <= results["modular"]["coco/i2t_R@1"] <= 1.0
+    results = evaluate_model(model, processor, [eval_set], scorings=("plain", "modular"), batch_size=4)
+    assert 0.0 <= results["modular"]["coco/text_retrieval_recall@1"] <= 1.0
     (tmp_path / "val" / "2.jpg").unlink()
     with pytest.raises(ValueError, match="2.jpg"):
         load_coco_captions(tmp_path / "captions.json", tmp_path / "val")
@@ -170,7 +191,7 @@ def test_datasets_split_with_list_captions_and_label_column(images, model, proce
     assert retrieval.text_to_image.tolist() == [0, 0, 0, 1, 1] and len(retrieval.images) == 2
     zeroshot = classification_set_from_dataset(dataset, "img", "label", "toy_zeroshot")
     assert zeroshot.class_names == ["red circle", "blue square"]
-    results = evaluate_model(model, processor, [retrieval, zeroshot], batch_size=2)
+    results = evaluate_model(model, processor, [retrieval, zeroshot], scorings=("plain", "modular"), batch_size=2)
     assert math.isnan(results["modular"]["toy_zeroshot/acc5"])  # 2 classes, as CLIP_benchmark
     with pytest.raises(ValueError, match="not a ClassLabel"):
         classification_set_from_dataset(dataset, "img", "long", "bad")
@@ -187,11 +208,11 @@ def test_zeroshot_folder_uses_subfolder_names(tmp_path):
 
 
 def test_format_table_puts_scorings_side_by_side(builtin_results):
-    clip = {"plain": {"scenes_long/t2i_R@1": 0.25}, "counts": {}}
+    clip = {"plain": {"scenes_long/image_retrieval_recall@1": 0.25}, "counts": {}}
     table = format_table({"smartclip": builtin_results, "clip": clip})
     lines = table.splitlines()
     assert lines[0] == "| metric | smartclip (plain) | smartclip (modular) | clip (plain) |"
-    row = next(line for line in lines if line.startswith("| scenes_long/t2i_R@1 |"))
+    row = next(line for line in lines if line.startswith("| scenes_long/image_retrieval_recall@1 |"))
     assert row.endswith("| 0.250 |")
     row = next(line for line in lines if line.startswith("| scenes_atomic/acc |"))
     assert row.endswith("| – |")  # the CLIP results have no atomic probe
@@ -199,16 +220,139 @@ def test_format_table_puts_scorings_side_by_side(builtin_results):
 
 
 def test_cli_writes_json_for_clip_and_smartclip_folders(tmp_path, clip_dir, model, processor, capsys):
-    sizes = ["--num_train_scenes", "8", "--num_test_scenes", "8", "--batch_size", "8"]
-    main(["--model", str(clip_dir), *sizes, "--output", str(tmp_path / "clip.json")])
+    sizes = ["--num_test_scenes", "8", "--batch_size", "8"]
+    assert main(["--model", str(clip_dir), *sizes, "--output", str(tmp_path / "clip.json")]) is None
     clip_results = json.loads((tmp_path / "clip.json").read_text())
-    assert set(clip_results) == {"plain", "counts"}  # a converted CLIP is scored plainly
+    assert set(clip_results) == {"model", "scorings", "datasets", "plain", "counts"}  # a converted CLIP: plainly
     assert set(clip_results["plain"]) == EXPECTED_KEYS
-    assert "| metric | " in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| metric | " in captured.out
+    assert "scenes_long images" in captured.err and "captions" in captured.err  # progress bars while encoding
 
     model.save_pretrained(tmp_path / "smartclip")
     processor.save_pretrained(tmp_path / "smartclip")
-    main(["--model", str(tmp_path / "smartclip"), *sizes, "--output", str(tmp_path / "smartclip.json")])
+    output = ["--output", str(tmp_path / "smartclip.json")]
+    main(["--model", str(tmp_path / "smartclip"), *sizes, "--scorings", "plain,modular", *output])
     results = json.loads((tmp_path / "smartclip.json").read_text())
-    assert set(results) == {"plain", "modular", "mask_stats", "counts"}
+    assert set(results) == {"model", "scorings", "datasets", "plain", "modular", "mask_stats", "counts"}
     assert results["plain"] == clip_results["plain"]  # same weights, same plain scores
+    config_hash = hashlib.sha256((tmp_path / "smartclip" / "config.json").read_bytes()).hexdigest()
+    assert results["model"] == {"path": str(tmp_path / "smartclip"), "config_sha256": config_hash}
+    assert results["scorings"] == ["plain", "modular"]
+    assert results["datasets"]["scenes_long"] == "built-in scenes, test split (8 scenes, seed 0)"
+    assert results["counts"]["scenes_long"]["images"] == 8
+    numbers = [v for group in ("plain", "modular", "mask_stats") for v in results[group].values() if v is not None]
+    assert all(round(v, 4) == v for v in numbers)
+
+
+def test_console_script_exits_0_and_prints_the_table_on_stdout(tmp_path, clip_dir, monkeypatch, capsys):
+    """What the installed `smartclip-eval` wrapper does: `sys.exit(main())`. A returned dict would be printed to
+    stderr and give exit status 1."""
+    (script,) = entry_points(group="console_scripts", name="smartclip-eval")
+    argv = ["smartclip-eval", "--model", str(clip_dir), "--num_test_scenes", "4", "--output", str(tmp_path / "r.json")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(script.load()())
+    assert exit_info.value.code is None  # exit status 0
+    captured = capsys.readouterr()
+    assert "| scenes_long/image_retrieval_recall@1 |" in captured.out
+    assert "image_retrieval_recall" not in captured.err
+
+
+def test_builtin_evaluation_generates_no_training_scenes(monkeypatch, clip_dir):
+    calls = []
+
+    def recording_make_scenes(**kwargs):
+        calls.append(kwargs)
+        return make_scenes(**kwargs)
+
+    monkeypatch.setattr(evaluate, "make_scenes", recording_make_scenes)
+    eval_sets, sources = eval_sets_from_args(parse_args(["--model", str(clip_dir), "--num_test_scenes", "3"]))
+    assert calls == [{"num_train": 0, "num_test": 3, "seed": 0}]
+    assert len(eval_sets[0].images) == 3 and set(sources) == {s.name for s in eval_sets}
+    # The test split is the one a training run with any number of training scenes held out.
+    held_out = make_scenes(num_train=5, num_test=3)["test"]
+    assert eval_sets[0].texts == list(dict.fromkeys(held_out["long_caption"]))
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path, model, processor):
+    _save_images(tmp_path / "image", ["a.jpg", "b.jpg", "c.jpg"])
+    (tmp_path / "image" / "b.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "caption").mkdir()
+    for stem in "abc":
+        (tmp_path / "caption" / f"{stem}.txt").write_text(f"a red circle {stem}\n")
+    retrieval = load_urban1k(tmp_path)
+    _save_images(tmp_path / "classes" / "red_circle", ["x.png", "y.png"])
+    _save_images(tmp_path / "classes" / "blue_square", ["z.png"])
+    (tmp_path / "classes" / "red_circle" / "x.png").write_bytes(b"\x89PNG truncated")
+    zeroshot = classification_set_from_folder(tmp_path / "classes")
+    results = evaluate_model(model, processor, [retrieval, zeroshot], scorings=("plain",), batch_size=2)
+    assert results["counts"]["urban1k"] == {"images": 2, "texts": 2, "unreadable_images": 1}
+    assert results["counts"]["classes"]["images"] == 2 and results["counts"]["classes"]["unreadable_images"] == 1
+    assert results["plain"]["urban1k/image_retrieval_recall@5"] == 1.0
+    for stem in "ac":
+        (tmp_path / "image" / f"{stem}.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="none of its 3 images could be read"):
+        evaluate_model(model, processor, [load_urban1k(tmp_path)], scorings=("plain",))
+
+
+def test_default_split_is_test_or_the_only_split(tmp_path, clip_dir):
+    folder = tmp_path / "pairs"
+    _save_images(folder / "train", ["0.png", "1.png"])
+    rows = [{"file_name": f"{i}.png", "text": f"a red circle {i}"} for i in range(2)]
+    (folder / "train" / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = parse_args(["--model", str(clip_dir), "--dataset", str(folder), "--caption_column", "text"])
+    eval_sets, sources = eval_sets_from_args(args)
+    assert eval_sets[0].texts == ["a red circle 0", "a red circle 1"]
+    assert sources["pairs"] == f"{folder}, split train"
+    _save_images(folder / "test", ["2.png"])
+    (folder / "test" / "metadata.jsonl").write_text(json.dumps({"file_name": "2.png", "text": "a blue square"}) + "\n")
+    assert choose_split(str(folder)) == "test"
+    Dataset.from_dict({"text": ["x"]}).save_to_disk(tmp_path / "single")
+    assert choose_split(str(tmp_path / "single")) == "test"  # one unnamed split: any name reads it
+
+
+def test_a_corrupt_safetensors_file_is_a_one_line_error_naming_it(tmp_path, model, processor, capsys):
+    model.save_pretrained(tmp_path / "broken")
+    processor.save_pretrained(tmp_path / "broken")
+    weights = tmp_path / "broken" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "broken"), "--num_test_scenes", "2"])
+    message = str(exit_info.value.code)
+    assert message.startswith("smartclip-eval: ") and str(weights) in message and "\n" not in message
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_openai_templates_ship_as_data_with_their_source():
+    shipped = json.loads((Path(evaluate.__file__).with_name("imagenet_templates.json")).read_text())
+    assert "openai/CLIP" in shipped["source"] and "Prompt_Engineering_for_ImageNet.ipynb" in shipped["source"]
+    assert len(OPENAI_IMAGENET_TEMPLATES) == 80 == len(set(OPENAI_IMAGENET_TEMPLATES))
+    assert OPENAI_IMAGENET_TEMPLATES[0] == "a bad photo of a {}." and "itap of a {}." in OPENAI_IMAGENET_TEMPLATES
+
+
+def test_templates_and_classnames_files(tmp_path, clip_dir, model, processor):
+    (tmp_path / "templates.txt").write_text("a photo of a {}.\n\nart of the {}.\n")
+    (tmp_path / "cb.json").write_text(json.dumps(["a photo of a {c}."]))  # CLIP_benchmark's placeholder
+    (tmp_path / "names.json").write_text(json.dumps(["blue square", "red circle"]))
+    assert read_templates(tmp_path / "templates.txt") == ("a photo of a {}.", "art of the {}.")
+    assert read_templates(tmp_path / "cb.json") == ("a photo of a {}.",)
+    for bad in ("no placeholder.", "{0.__class__}{}", "{}{}", "{:>300000000}"):
+        (tmp_path / "bad.txt").write_text(bad)
+        with pytest.raises(ValueError, match="placeholder"):
+            read_templates(tmp_path / "bad.txt")
+
+    _save_images(tmp_path / "folder" / "n001", ["x.png"])
+    _save_images(tmp_path / "folder" / "n002", ["y.png"])
+    args = parse_args([
+        "--model", str(clip_dir), "--zeroshot_folder", str(tmp_path / "folder"),
+        "--templates", str(tmp_path / "templates.txt"), "--classnames", str(tmp_path / "names.json"),
+    ])
+    (zeroshot,), sources = eval_sets_from_args(args)
+    assert zeroshot.class_names == ["blue square", "red circle"] and len(zeroshot.templates) == 2
+    assert sources["folder"] == f"{tmp_path / 'folder'}, templates {tmp_path / 'templates.txt'}"
+    results = evaluate_model(model, processor, [zeroshot], scorings=("plain",))
+    assert results["counts"]["folder"]["templates"] == 2
+    (tmp_path / "names.json").write_text(json.dumps(["one name"]))
+    with pytest.raises(ValueError, match="2 class subfolders but 1 class names"):
+        eval_sets_from_args(args)

@@ -1,10 +1,13 @@
-"""`smartclip-export-text-encoder`: a CLIPTextModelWithProjection folder whose text_embeds are SmartCLIP's features."""
+"""`smartclip-export-text-encoder`: a diffusers-layout folder of a CLIP text encoder and tokenizer that are
+SmartCLIP's text tower, with its 248 positions."""
 
 import json
+import shutil
 
 import pytest
 import torch
-from transformers import AutoTokenizer, CLIPTextModelWithProjection
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
 from modeling_smartclip import SmartCLIPModel
 from smartclip_hub.export import main
@@ -22,21 +25,40 @@ def smartclip_dir(tmp_path_factory, clip_dir, processor):
     return path
 
 
-def test_exported_text_encoder_loads_as_clip_and_matches_smartclip(smartclip_dir, tmp_path, capsys):
-    out = tmp_path / "text_encoder"
+def _tokens(out):
+    tokenizer = AutoTokenizer.from_pretrained(out, subfolder="tokenizer")
+    assert tokenizer.model_max_length == 248
+    config = json.loads((out / "tokenizer" / "tokenizer_config.json").read_text())
+    assert "processor_class" not in config and "auto_map" not in config  # a plain tokenizer: no SmartCLIP code
+    inputs = tokenizer([SHORT, LONG], padding=True, truncation=True, return_tensors="pt")
+    assert 77 < inputs["input_ids"].shape[1] <= 248
+    return inputs
+
+
+def test_exported_text_encoder_is_smartclips_text_tower(smartclip_dir, tmp_path, capsys):
+    out = tmp_path / "export"
     assert main([str(smartclip_dir), str(out)]) == 0
     assert str(out) in capsys.readouterr().out
 
-    encoder, info = CLIPTextModelWithProjection.from_pretrained(out, output_loading_info=True)
+    encoder, info = CLIPTextModel.from_pretrained(out, subfolder="text_encoder", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert encoder.config.max_position_embeddings == 248
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    assert tokenizer.model_max_length == 248
-    assert "processor_class" not in json.loads((out / "tokenizer_config.json").read_text())
-
+    inputs = _tokens(out)
     smartclip = SmartCLIPModel.from_pretrained(smartclip_dir).eval()
-    inputs = tokenizer([SHORT, LONG], padding=True, truncation=True, return_tensors="pt")
-    assert 77 < inputs["input_ids"].shape[1] <= 248
+    with torch.no_grad():
+        hidden = encoder.eval()(**inputs).last_hidden_state
+        expected = smartclip.text_model(**inputs).last_hidden_state
+    torch.testing.assert_close(hidden, expected, rtol=0, atol=1e-5)
+
+
+def test_export_with_projection_gives_smartclips_text_features(smartclip_dir, tmp_path):
+    out = tmp_path / "export"
+    assert main([str(smartclip_dir), str(out), "--with_projection"]) == 0
+
+    encoder, info = CLIPTextModelWithProjection.from_pretrained(out, subfolder="text_encoder", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    inputs = _tokens(out)
+    smartclip = SmartCLIPModel.from_pretrained(smartclip_dir).eval()
     with torch.no_grad():
         text_embeds = encoder.eval()(**inputs).text_embeds
         features = smartclip.get_text_features(**inputs).pooler_output
@@ -47,4 +69,17 @@ def test_exported_text_encoder_loads_as_clip_and_matches_smartclip(smartclip_dir
 def test_export_of_a_folder_that_is_not_a_model_fails_clearly(tmp_path, capsys):
     assert main([str(tmp_path), str(tmp_path / "out")]) == 2
     assert "smartclip-export-text-encoder:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_a_checkpoint_with_missing_weights(smartclip_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(smartclip_dir, broken)
+    state = load_file(broken / "model.safetensors")
+    del state["logit_scale"], state["mask_head.norm.weight"]
+    save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+
+    assert main([str(broken), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "missing (would be freshly initialised): logit_scale, mask_head.norm.weight" in error
     assert not (tmp_path / "out").exists()

@@ -1,21 +1,30 @@
 """`smartclip-push` against a local Hub-compatible server, with the real huggingface_hub client and transformers."""
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
 
 import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import ModelCard
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from transformers import pipeline
 
 from modeling_smartclip import SmartCLIPModel
-from smartclip_hub.card import parse_results
+from smartclip_hub.card import TEMPLATE_PATH, eval_results, parse_results, write_model_card
 from smartclip_hub.push import main
 from tests.fresh_process import run_without_package
 from tests.hub_server import HubServer
@@ -30,6 +39,7 @@ MODEL_FILES = {
     "masking.py",
     "losses.py",
     "processing_smartclip.py",
+    "retrieval.py",
     "processor_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -214,7 +224,7 @@ def test_failed_commit_keeps_the_folder_says_what_failed_and_a_rerun_completes(h
 
     assert _push(hub, trained_dir, "tester/flaky") == 1
     error = capsys.readouterr().err
-    assert "committing 11 files to tester/flaky@main failed" in error and "500" in error and "re-run" in error
+    assert "committing 12 files to tester/flaky@main failed" in error and "500" in error and "re-run" in error
     assert TOKEN not in error
     assert set(hub.repo_files("tester/flaky")) == {".gitattributes"}  # the repo was created, nothing committed
     assert _tree_digest(trained_dir) == before
@@ -329,3 +339,238 @@ def test_bad_inputs_fail_before_any_upload_with_a_clear_message(trained_dir, tmp
     assert main([*argv, "--dry-run", "--staging_dir", str(tmp_path / "staging")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "staging").exists()
+
+
+# ----- publishing safety ----------------------------------------------------------------------------------------
+
+CANARY_CODE = """import pathlib
+pathlib.Path({canary!r}).write_text("foreign code ran")
+
+class EvilTokenizer:
+    pass
+"""
+
+
+def _edit_json(path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_foreign_auto_map_entries_never_reach_the_hub(hub, trained_dir, tmp_path):
+    # Another repo on the same Hub holds code that leaves a canary file when it is imported.
+    canary = tmp_path / "canary"
+    api = HfApi(endpoint=hub.url)
+    api.create_repo("tester/evil")
+    code = CANARY_CODE.format(canary=str(canary)).encode()
+    api.create_commit("tester/evil", [CommitOperationAdd("evil_code.py", code)], commit_message="evil")
+    # A model folder whose JSON files point at it, as a folder downloaded or copied from elsewhere may.
+    source = tmp_path / "source"
+    shutil.copytree(trained_dir, source)
+    foreign = "tester/evil--evil_code.EvilTokenizer"
+    _edit_json(source / "tokenizer_config.json", lambda c: c.update(auto_map={"AutoTokenizer": [foreign, None]}))
+    _edit_json(source / "config.json", lambda c: c["auto_map"].update(AutoModelForCausalLM=foreign))
+    _edit_json(source / "processor_config.json", lambda c: c["auto_map"].update(AutoImageProcessor=foreign))
+
+    # (The processor writes its own auto_map afresh; the config and the tokenizer carry what they loaded.)
+    with pytest.warns(UserWarning, match="Removed 2 auto_map entries") as warned:
+        assert _push(hub, source, "tester/victim") == 0
+    message = str(warned[0].message)
+    assert "tokenizer_config.json: AutoTokenizer" in message and "config.json: AutoModelForCausalLM" in message
+
+    pushed = hub.repo_files("tester/victim")
+    assert not any(b"--" in content and b"auto_map" in content for name, content in pushed.items() if name.endswith(".json"))
+    assert json.loads(pushed["config.json"])["auto_map"] == {
+        "AutoConfig": "configuration_smartclip.SmartCLIPConfig",
+        "AutoModel": "modeling_smartclip.SmartCLIPModel",
+        "AutoModelForZeroShotImageClassification": "modeling_smartclip.SmartCLIPModel",
+    }
+    # Loaded as the card says, in a process without the package, the pushed repo runs only its own code; the source
+    # folder, loaded the same way, does run the foreign code (the canary works).
+    result = run_without_package(
+        f"""
+import json, pathlib
+from transformers import AutoProcessor, AutoTokenizer, pipeline
+canary = pathlib.Path({str(canary)!r})
+AutoProcessor.from_pretrained("tester/victim", trust_remote_code=True)
+AutoTokenizer.from_pretrained("tester/victim", trust_remote_code=True)
+pipeline("zero-shot-image-classification", model="tester/victim", trust_remote_code=True)
+pushed_ran = canary.exists()
+try:
+    AutoTokenizer.from_pretrained({str(source)!r}, trust_remote_code=True)
+except Exception:
+    pass
+print(json.dumps({{"pushed_ran": pushed_ran, "source_ran": canary.exists()}}))
+""",
+        env={"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "fresh_hf_home"), "HF_HUB_OFFLINE": "0"},
+    )
+    assert result == {"pushed_ran": False, "source_ran": True}
+
+
+def _break_weights(folder, edit) -> None:
+    state = load_file(folder / "model.safetensors")
+    edit(state)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+BROKEN_WEIGHTS = [
+    ("logit_scale", lambda s: s.pop("logit_scale"), "missing (would be freshly initialised): logit_scale"),
+    ("mask head", lambda s: s.pop("mask_head.to_logits.weight"), "missing (would be freshly initialised): mask_head.to_logits.weight"),
+    ("unexpected", lambda s: s.update({"extra_head.weight": torch.zeros(2)}), "unexpected (would be dropped): extra_head.weight"),
+    ("nan", lambda s: s["text_projection.weight"].view(-1).__setitem__(3, float("nan")), "NaN or infinite values: text_projection.weight"),
+]
+
+
+@pytest.fixture(params=BROKEN_WEIGHTS, ids=[case[0] for case in BROKEN_WEIGHTS])
+def broken_dir(request, trained_dir, tmp_path):
+    """`trained_dir` with one weight removed, added or corrupted; `(folder, the message naming it)`."""
+    folder = tmp_path / "broken"
+    shutil.copytree(trained_dir, folder)
+    _break_weights(folder, request.param[1])
+    return folder, request.param[2]
+
+
+def test_push_refuses_a_checkpoint_whose_weights_do_not_load_exactly(hub, broken_dir, capsys):
+    folder, message = broken_dir
+    assert _push(hub, folder, "tester/broken") == 2
+    assert message in capsys.readouterr().err
+    assert ("model", "tester/broken") not in hub.repos  # refused before any request
+
+
+def test_card_leaves_out_credentials_found_by_value(trained_dir, tmp_path):
+    secrets = {
+        "hf": "hf_" + "a1B2c3D4e5F6g7H8i9J0kLmN",
+        "aws_id": "AKIA" + "ABCDEFGHIJKLMNOP",
+        "aws_secret": "wJalrXUtnFEMI/K7MDENG/bPxRfiCY" + "EXAMPLEKEY",
+        "url": "https://alice:s3cr3t@data.example.com/train",
+        "pem": "-----BEGIN RSA PRIVATE KEY-----\nMIIEow",
+        "wandb": "0123456789abcdef0123456789abcdef01234567",
+    }
+    run = tmp_path / "run"
+    shutil.copytree(trained_dir, run)
+    # The layout smartclip-train writes: its three argument groups.
+    (run / "training_args.json").write_text(json.dumps({
+        "model": {"model_name_or_path": "openai/clip-vit-base-patch16", "objective": "smartclip", "mask_pooling": None},
+        "data": {"dataset_name": None, "p_long": 0.5, "image_column": secrets["url"]},
+        "training": {
+            "learning_rate": 3e-4, "per_device_train_batch_size": 128, "hub_token": "<HUB_TOKEN>",
+            "run_name": "smartclip-scenes-ViT-B-16-lr3e-4-seed42", "hub_model_id": secrets["hf"],
+            "report_to": [secrets["aws_id"]], "logging_dir": "/private/runs", "seed": 42,
+            "aws_secret_access_key": secrets["aws_secret"], "resume_from_checkpoint": secrets["pem"],
+            "wandb": {"key": secrets["wandb"]}, "push_to_hub_organization": secrets["aws_secret"],
+            "weight_decay": 0.0,  # the Trainer's default: not shown
+        },
+    }))
+
+    with pytest.warns(UserWarning, match="look like credentials"):
+        card_path = write_model_card(run, repo_id="tester/card")
+
+    card = ModelCard.load(card_path)
+    assert not [name for name, value in secrets.items() if value.split("\n")[0] in card.content]
+    assert card.data.base_model == "openai/clip-vit-base-patch16"
+    assert "Training data: the built-in synthetic scenes" in card.text
+    for row in ("`training.learning_rate` | `0.0003`", "`training.per_device_train_batch_size` | `128`",
+                "`model.objective` | `smartclip`", "`data.p_long` | `0.5`", "`training.seed` | `42`",
+                "`training.run_name` | `smartclip-scenes-ViT-B-16-lr3e-4-seed42`"):
+        assert row in card.text
+    assert "training.weight_decay" not in card.text and "/private/runs" not in card.text
+
+
+def test_written_card_is_the_one_push_uploads(trained_dir, results_file, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_dir, run)
+    (run / "training_args.json").write_text(json.dumps({"model": {"model_name_or_path": None}, "data": {"dataset_name": "me/captions"}, "training": {}}))
+
+    written = write_model_card(run, results_file, repo_id="tester/same").read_text()
+    assert main([str(run), "tester/same", "--results", str(results_file), "--dry-run", "--staging_dir", str(tmp_path / "staging")]) == 0
+    assert written == (tmp_path / "staging" / "model" / "README.md").read_text()
+    card = ModelCard(written)
+    assert card.data.base_model is None and "none (towers trained from scratch)" in card.text
+    assert card.data.datasets == ["me/captions"]
+
+
+def test_model_index_classifies_metrics_by_what_they_measure():
+    measurements, _ = parse_results({"modular": {
+        "zeroshot/acc1": 0.5, "zeroshot/acc5": 0.9, "zeroshot/mean_per_class_recall": 0.4, "scenes_atomic/acc": 0.3,
+        "coco/image_retrieval_recall@5": 0.7, "coco/text_retrieval_recall@1": 0.6, "scenes_long/t2i_R@1": 0.8,
+        "scenes/density_long": 0.2,
+    }})
+    tasks = {r.metric_type: r.task_type for r in eval_results(measurements, None, "scenes")}
+    classification, retrieval = "zero-shot-image-classification", "image-text-retrieval"
+    assert tasks == {
+        "zeroshot/acc1": classification, "zeroshot/acc5": classification,
+        "zeroshot/mean_per_class_recall": classification, "scenes_atomic/acc": classification,
+        "coco/image_retrieval_recall@5": retrieval, "coco/text_retrieval_recall@1": retrieval,
+        "scenes_long/t2i_R@1": retrieval, "scenes/density_long": "other",
+    }
+
+
+@contextlib.contextmanager
+def _silent_endpoint():
+    """A loopback address that accepts connections and never answers; yields its URL."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        server.close()
+
+
+def test_a_hub_that_never_answers_is_an_error_in_bounded_time(trained_dir, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with _silent_endpoint() as url:
+        start = time.perf_counter()
+        assert main([str(trained_dir), "tester/silent", "--endpoint", url, "--timeout", "1"]) == 1
+        elapsed = time.perf_counter() - start
+    error = capsys.readouterr().err
+    assert "creating the model repo tester/silent failed" in error and "did not answer within 1 s" in error
+    assert "Nothing was half-published" in error and TOKEN not in error
+    assert elapsed < 30
+
+
+def test_a_commit_that_stalls_publishes_nothing_and_a_rerun_completes(hub, trained_dir, capsys):
+    hub.stall_commits = 1
+    start = time.perf_counter()
+    assert _push(hub, trained_dir, "tester/stalled", "--timeout", "1") == 1
+    assert time.perf_counter() - start < 30
+    assert "committing 12 files to tester/stalled@main failed" in capsys.readouterr().err
+    assert set(hub.repo_files("tester/stalled")) == {".gitattributes"}
+
+    assert _push(hub, trained_dir, "tester/stalled") == 0
+    assert set(hub.repo_files("tester/stalled")) == MODEL_FILES | {".gitattributes"}
+
+
+PACKAGE_DIRS = ("modeling_smartclip", "train", "data", "eval", "methods", "experiments", "hub", "demo")
+
+
+def test_a_wheel_carries_the_model_card_template(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"
+    for name in PACKAGE_DIRS:
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = tmp_path.glob("smartclip-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        template = archive.read(f"smartclip_hub/{TEMPLATE_PATH.name}")
+    assert template == TEMPLATE_PATH.read_bytes()

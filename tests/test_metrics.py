@@ -100,3 +100,24 @@ def test_bad_inputs_are_clear_errors():
         retrieval_metrics(torch.rand(2, 3), torch.ones(3, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         classification_metrics(torch.rand(3, 2), torch.tensor([0, 3]))
+
+
+def test_equal_to_clip_benchmarks_own_functions_without_ties():
+    zeroshot_retrieval = pytest.importorskip("clip_benchmark.metrics.zeroshot_retrieval")
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    generator = torch.Generator().manual_seed(1)
+    text_to_image = torch.cat([torch.arange(9), torch.randint(0, 9, (11,), generator=generator)])
+    similarity = torch.rand(20, 9, generator=generator)
+    positives = torch.zeros(20, 9, dtype=torch.bool)
+    positives[torch.arange(20), text_to_image] = True
+    metrics = retrieval_metrics(similarity, text_to_image, ks=(1, 5))
+    for k in (1, 5):
+        image_hits = zeroshot_retrieval.recall_at_k(similarity, positives, k) > 0
+        text_hits = zeroshot_retrieval.recall_at_k(similarity.T, positives.T, k) > 0
+        assert metrics[f"image_retrieval_recall@{k}"] == pytest.approx(image_hits.float().mean().item())
+        assert metrics[f"text_retrieval_recall@{k}"] == pytest.approx(text_hits.float().mean().item())
+
+    labels = torch.randint(0, 6, (30,), generator=generator)
+    scores = torch.rand(6, 30, generator=generator)  # (n_class, n_image)
+    expected = sklearn_metrics.balanced_accuracy_score(labels, scores.argmax(dim=0))
+    assert classification_metrics(scores, labels)["mean_per_class_recall"] == pytest.approx(expected)

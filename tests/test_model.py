@@ -1,6 +1,7 @@
 """The model package: conversion from CLIP, the mask head, the modular loss, inputs, saving (issues 3, 10, 11)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,7 +11,12 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from modeling_smartclip import (
     SmartCLIPConfig,
     SmartCLIPModel,
+    SmartCLIPProcessor,
+    clip_loss,
+    contrastive_loss,
     masked_similarity,
+    modular_loss,
+    similarity,
     stretch_position_embedding,
 )
 from tests.fresh_process import run_without_package
@@ -310,3 +316,322 @@ def test_an_empty_mask_scores_zero_with_a_finite_gradient():
     assert torch.all(similarity[0] == 0)
     similarity.sum().backward()
     assert torch.isfinite(masks.grad).all() and masks.grad.abs().max() < 1e4
+
+
+# ----- the transformers model contract (issue 15, section 1) -------------------------------------------------------
+
+
+def test_return_dict_false_returns_a_tuple_as_clip_does(clip, smartclip, batch):
+    with torch.no_grad():
+        as_tuple = smartclip(**batch, return_dict=False)
+        reference = clip(**batch, return_dict=False)
+        as_output = smartclip(**batch)
+    assert isinstance(as_tuple, tuple) and isinstance(reference, tuple)
+    torch.testing.assert_close(as_tuple[0], as_output.logits_per_image)
+    torch.testing.assert_close(as_tuple[0], reference[0], atol=1e-5, rtol=0)
+    smartclip.config.return_dict = False
+    try:
+        with torch.no_grad():
+            assert isinstance(smartclip(**batch), tuple)
+            assert isinstance(smartclip.get_text_features(batch["input_ids"]), tuple)
+    finally:
+        smartclip.config.return_dict = True
+
+
+def test_get_features_return_clip_outputs_with_projected_pooler_output(clip, smartclip, batch):
+    ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
+    with torch.no_grad():
+        text = smartclip.get_text_features(ids, mask, output_hidden_states=True, output_attentions=True)
+        image = smartclip.get_image_features(pixels, output_hidden_states=True)
+        text_tuple = smartclip.get_text_features(ids, mask, return_dict=False)
+        bigger = torch.nn.functional.interpolate(pixels, scale_factor=2)
+        interpolated = smartclip.get_image_features(bigger, interpolate_pos_encoding=True).pooler_output
+        reference = clip.get_image_features(bigger, interpolate_pos_encoding=True).pooler_output
+    assert text.pooler_output.shape == (3, smartclip.config.projection_dim)
+    assert len(text.hidden_states) == smartclip.config.text_config.num_hidden_layers + 1
+    assert text.attentions is not None and image.hidden_states is not None
+    assert isinstance(text_tuple, tuple)
+    torch.testing.assert_close(text_tuple[1], text.pooler_output)
+    torch.testing.assert_close(interpolated, reference, atol=1e-5, rtol=0)
+
+
+def test_attn_implementation_reaches_the_mask_head(tmp_path, clip, batch):
+    torch.manual_seed(0)
+    SmartCLIPModel.from_clip(clip, scoring="modular").save_pretrained(tmp_path)
+    eager = SmartCLIPModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert eager.mask_head.block.self_attn.config._attn_implementation == "eager"
+    with torch.no_grad():
+        expected = eager(**batch).text_mask_probs
+    eager.set_attn_implementation("sdpa")
+    assert eager.mask_head.block.self_attn.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        torch.testing.assert_close(eager(**batch).text_mask_probs, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.1])
+def test_init_weights_sets_every_parameter_with_initializer_factor(clip, factor):
+    config = SmartCLIPModel.from_clip(clip).config
+    config.initializer_factor = factor
+    model = SmartCLIPModel(config)
+    width = model.mask_head.pool.embed_dim
+    for weight in (model.mask_head.pool.in_proj_weight, model.mask_head.pool.out_proj.weight):
+        assert weight.std().item() == pytest.approx(width**-0.5 * factor, rel=0.2)
+    assert torch.all(model.mask_head.pool.in_proj_bias == 0)
+    # Every parameter is written by `_init_weights`: none keeps what was there before initialisation.
+    for parameter in model.parameters():
+        parameter.data.fill_(float("nan"))
+    for module in model.modules():
+        module.__dict__.pop("_is_hf_initialized", None)
+    model.initialize_weights()
+    not_set = [name for name, parameter in model.named_parameters() if not torch.isfinite(parameter).all()]
+    assert not_set == []
+    assert model.logit_scale.item() == pytest.approx(config.logit_scale_init_value)
+
+
+def test_checkpoint_without_logit_scale_loads_the_initial_value(tmp_path, clip):
+    from safetensors.torch import load_file, save_file
+
+    model = SmartCLIPModel.from_clip(clip)
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["logit_scale"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = SmartCLIPModel.from_pretrained(tmp_path)
+    assert loaded.logit_scale.item() == pytest.approx(model.config.logit_scale_init_value)
+
+
+def test_from_clip_sends_loader_arguments_to_the_loader_not_the_config(tmp_path, clip_dir):
+    secret = "hf_NotARealTokenButSecret"
+    model = SmartCLIPModel.from_clip(
+        clip_dir, token=secret, revision="main", local_files_only=True, cache_dir=str(tmp_path / "cache"),
+        dtype=torch.float64, scoring="modular",
+    )
+    assert model.dtype == torch.float64 and model.config.scoring == "modular"
+    model.save_pretrained(tmp_path / "model")
+    saved = (tmp_path / "model" / "config.json").read_text()
+    assert secret not in saved and "revision" not in json.loads(saved) and "cache_dir" not in saved
+    processor = SmartCLIPProcessor.from_clip(clip_dir, token=secret, revision="main", local_files_only=True)
+    processor.save_pretrained(tmp_path / "processor")
+    assert not any(secret in path.read_text() for path in (tmp_path / "processor").iterdir())
+    with pytest.raises(ValueError, match=r"loader arguments \['token'\]"):
+        SmartCLIPModel.from_clip(CLIPModel.from_pretrained(clip_dir), token=secret)
+
+
+def test_head_architecture_cannot_be_overridden_on_a_saved_model(tmp_path, clip):
+    SmartCLIPModel.from_clip(clip).save_pretrained(tmp_path)
+    for field, value in [("mask_pooling", "union"), ("mask_hidden_size", 64), ("mask_num_attention_heads", 2),
+                         ("mask_intermediate_size", 16)]:
+        with pytest.raises(ValueError, match=f"{field}: saved .*, asked {value!r}"):
+            SmartCLIPModel.from_pretrained(tmp_path, **{field: value})
+    assert SmartCLIPModel.from_pretrained(tmp_path, mask_pooling="attention").config.mask_pooling == "attention"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"lambda_align": -1.0}, r"lambda_align=-1.0; expected a finite value >= 0"),
+        ({"lambda_sparsity": float("nan")}, r"lambda_sparsity=nan"),
+        ({"lambda_align": float("inf")}, r"lambda_align=inf"),
+        ({"projection_dim": 0}, r"projection_dim=0; expected a positive integer"),
+        ({"projection_dim": -4}, r"projection_dim=-4"),
+        ({"mask_hidden_size": 0}, r"mask_hidden_size=0"),
+        ({"mask_num_attention_heads": 0}, r"mask_num_attention_heads=0"),
+        ({"mask_intermediate_size": -1}, r"mask_intermediate_size=-1"),
+    ],
+)
+def test_bad_numbers_in_config_are_errors_naming_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        SmartCLIPConfig(**overrides)
+
+
+def test_mask_head_trained_is_a_saved_field(tmp_path, clip):
+    model = SmartCLIPModel.from_clip(clip)
+    assert model.config.mask_head_trained is False
+    model.config.mask_head_trained = True
+    model.save_pretrained(tmp_path)
+    assert SmartCLIPConfig.from_pretrained(tmp_path).mask_head_trained is True
+
+
+# ----- bad input ---------------------------------------------------------------------------------------------------
+
+
+def test_bad_model_inputs_are_value_errors_naming_the_input(smartclip, batch):
+    ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
+    with pytest.raises(ValueError, match="input_ids has 2 captions and pixel_values 3 images"):
+        smartclip(input_ids=ids[:2], attention_mask=mask[:2], pixel_values=pixels, return_loss=True)
+    zero_row = mask.clone()
+    zero_row[1] = 0
+    with pytest.raises(ValueError, match=r"attention_mask rows \[1\] are all zero"):
+        smartclip(input_ids=ids, attention_mask=zero_row, pixel_values=pixels)
+    vocab_size = smartclip.config.text_config.vocab_size
+    for bad_id in (vocab_size, -1):
+        bad = ids.clone()
+        bad[0, 1] = bad_id
+        with pytest.raises(ValueError, match=rf"input_ids holds ids \[{bad_id}\] outside the vocabulary \[0, {vocab_size}\)"):
+            smartclip(input_ids=bad, attention_mask=mask, pixel_values=pixels)
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            smartclip.get_text_features(bad)
+
+
+def test_empty_text_or_images_are_value_errors(processor, images):
+    with pytest.raises(ValueError, match=r"text=\[\] holds no captions"):
+        processor(text=[], images=images, return_tensors="pt")
+    with pytest.raises(ValueError, match=r"images=\[\] holds no images"):
+        processor(text=["a red circle."], images=[], return_tensors="pt")
+
+
+def test_processor_of_a_plain_clip_folder_fits_248_tokens_and_tokenizes_once(clip_dir, caplog):
+    loaded = SmartCLIPProcessor.from_pretrained(clip_dir)  # saved by CLIP with model_max_length 77
+    long_caption = " ".join(["a red circle at the top left."] * 40)  # 320 tokens
+    calls = []
+    original = type(loaded.tokenizer).__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    type(loaded.tokenizer).__call__ = counting
+    try:
+        with pytest.warns(UserWarning, match="longer than 248 tokens") as warned:
+            out = loaded(text=["a red circle.", long_caption], return_tensors="pt", padding=True)
+    finally:
+        type(loaded.tokenizer).__call__ = original
+    assert len(calls) == 1 and len(warned) == 1
+    assert "indexing errors" not in caplog.text and "Token indices sequence length" not in caplog.text
+    assert out["input_ids"].shape == (2, 248) and out["input_ids"][1, -1] == loaded.tokenizer.eos_token_id
+    assert out["attention_mask"][0].sum() < 10 and out["attention_mask"][1].sum() == 248
+
+
+def test_processor_without_model_max_length_does_not_overflow(tmp_path, processor):
+    processor.save_pretrained(tmp_path)
+    path = tmp_path / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config.pop("model_max_length", None)
+    path.write_text(json.dumps(config))
+    loaded = SmartCLIPProcessor.from_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="longer than 248 tokens"):
+        out = loaded(text=[" ".join(["a red circle."] * 100)], return_tensors="pt")
+    assert out["input_ids"].shape == (1, 248)
+
+
+# ----- logit scale, lean masked similarity, skipped head (issue 18) -------------------------------------------------
+
+
+@pytest.mark.parametrize("loss_type", ["smartclip", "clip"])
+def test_logit_scale_is_clamped_at_ln_100_in_the_loss(clip, batch, loss_type):
+    model = SmartCLIPModel.from_clip(clip, loss_type=loss_type, scoring="modular").eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(100))
+        at_cap = model(**batch, return_loss=True).loss
+        model.logit_scale.fill_(95.0)  # exp(95) overflows float32
+        beyond = model(**batch, return_loss=True)
+    assert torch.isfinite(beyond.loss) and torch.isfinite(beyond.logits_per_text).all()
+    torch.testing.assert_close(beyond.loss, at_cap)
+    out = model(**batch, return_loss=True)
+    out.loss.backward()
+    assert model.logit_scale.grad.item() == 0.0  # clamped, as CLIP's clamp: no push further up
+    args = (out.text_embeds, out.image_embeds)
+    torch.testing.assert_close(clip_loss(*args, model.logit_scale), clip_loss(*args, torch.tensor(math.log(100))))
+    masks = torch.ones_like(out.text_embeds)
+    torch.testing.assert_close(
+        modular_loss(*args, masks, masks, model.logit_scale), modular_loss(*args, masks, masks, torch.tensor(math.log(100)))
+    )
+
+
+def naive_linear_in_mask_similarity(text, image, masks, scale):
+    """The documented formula, one pair at a time: `scale * <T_a * M_a, I_b> / (|T_a| sqrt(M_a . I_b^2))`. For binary
+    masks it is the masked cosine; it is also what the straight-through gradient reaches the masks through."""
+    rows = []
+    for a in range(len(text)):
+        row = [
+            scale * (text[a] * masks[a] * image[b]).sum()
+            / (text[a].norm() * (masks[a] * image[b].square()).sum().clamp_min(1e-6).sqrt())
+            for b in range(len(image))
+        ]
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("backward_rows", [1024, 2])
+def test_training_path_of_masked_similarity_matches_naive_values_and_gradients(monkeypatch, backward_rows):
+    monkeypatch.setattr("modeling_smartclip.masking.BACKWARD_ROWS", backward_rows)
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randn(6, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    image = torch.randn(5, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    masks = (torch.rand(6, 8, generator=generator) > 0.5).double()
+    masks[0] = 0.0  # an empty mask: the clamp's floor
+    masks.requires_grad_()
+    scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(6, 5, generator=generator, dtype=torch.float64)
+
+    ours = masked_similarity(text, image, masks, scale=scale)
+    torch.testing.assert_close(ours.detach(), 3.0 * naive_masked_similarity(text.detach(), image.detach(), masks.detach()))
+    grads = torch.autograd.grad((ours * weights).sum(), (text, image, masks, scale))
+    naive = naive_linear_in_mask_similarity(text, image, masks, scale)
+    expected = torch.autograd.grad((naive * weights).sum(), (text, image, masks, scale))
+    for got, want, name in zip(grads, expected, ("text", "image", "masks", "scale")):
+        torch.testing.assert_close(got, want, msg=name)
+
+    soft_masks = torch.rand(6, 8, generator=generator, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t, i, m, s: masked_similarity(t, i, m, scale=s), (text, image, soft_masks, scale)
+    )
+
+
+def test_training_path_keeps_one_pairwise_tensor_for_backward():
+    text, image = torch.randn(40, 8, requires_grad=True), torch.randn(30, 8, requires_grad=True)
+    masks = (torch.rand(40, 8) > 0.5).float().requires_grad_()
+    pairwise = []
+
+    def pack(tensor):
+        if tensor.shape == (40, 30):
+            pairwise.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        masked_similarity(text, image, masks, scale=torch.tensor(2.0, requires_grad=True))
+    assert len(pairwise) == 1
+
+
+def test_plain_forward_without_loss_skips_the_mask_head(clip, batch):
+    model = SmartCLIPModel.from_clip(clip).eval()
+    calls = []
+    model.mask_head.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        plain = model(**batch)
+        assert plain.text_masks is None and plain.text_mask_probs is None and calls == []
+        with_masks = model(**batch, output_text_masks=True)
+        assert with_masks.text_masks is not None and len(calls) == 1
+        torch.testing.assert_close(with_masks.logits_per_image, plain.logits_per_image)
+        assert model(**batch, return_loss=True).text_masks is not None  # the modular loss needs them
+        model.config.scoring = "modular"
+        assert model(**batch).text_masks is not None
+        with pytest.raises(ValueError, match="output_text_masks=False, but scoring='modular'"):
+            model(**batch, output_text_masks=False)
+
+
+def test_loss_logits_are_computed_once(monkeypatch, clip, batch):
+    import modeling_smartclip.modeling_smartclip as modeling
+
+    model = SmartCLIPModel.from_clip(clip, scoring="modular")
+    calls = []
+    original = modeling.similarity
+    monkeypatch.setattr(modeling, "similarity", lambda *a, **k: calls.append(a[3]) or original(*a, **k))
+    out = model(**batch, return_loss=True)
+    assert calls == ["modular"]
+    torch.testing.assert_close(out.loss, contrastive_loss(out.logits_per_text) + 0.01 * out.text_mask_probs.mean())
+    calls.clear()
+    no_logits = model(**batch, return_loss=True, return_logits=False)
+    assert calls == ["modular"] and no_logits.logits_per_image is None
+    torch.testing.assert_close(no_logits.loss, out.loss)
+    calls.clear()
+    assert model(**batch, return_logits=False, output_text_masks=True).loss is None and calls == []
+
+
+def test_score_is_a_deprecated_alias_of_similarity(smartclip, batch):
+    with torch.no_grad():
+        out = smartclip(**batch, output_text_masks=True)
+        with pytest.warns(FutureWarning, match="SmartCLIPModel.score is deprecated"):
+            scores = smartclip.score(out.text_embeds, out.image_embeds, out.text_masks, "modular")
+    expected = smartclip.logit_scale.exp() * similarity(out.text_embeds, out.image_embeds, out.text_masks, "modular")
+    torch.testing.assert_close(scores, expected)

@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from modeling_smartclip import SmartCLIPModel, encode_gallery, encode_texts, search_images, search_texts
+from modeling_smartclip import (
+    SmartCLIPModel,
+    encode_gallery,
+    encode_texts,
+    search_images,
+    search_texts,
+    similarity,
+    text_image_similarity,
+)
 from tests.test_model import naive_masked_similarity
 
 
@@ -45,3 +53,36 @@ def test_unknown_scoring_names_the_allowed_values(model, processor):
     gallery = encode_gallery(model, torch.zeros(2, 3, 32, 32))
     with pytest.raises(ValueError, match=r"scoring='cosine'; expected one of \('plain', 'modular'\)"):
         search_images(texts, gallery, scoring="cosine")
+
+
+def test_encoders_take_raw_inputs_batch_by_batch(tmp_path, model, processor, images):
+    paths = []
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    captions = ["a red circle.", "a blue square at the top left.", "a large green cross."]
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+    tokens = processor(text=captions, return_tensors="pt", padding=True)
+
+    from_tensors = encode_gallery(model, pixel_values)
+    for raw in (images, paths):
+        gallery = encode_gallery(model, raw, batch_size=2, processor=processor, progress=True)
+        torch.testing.assert_close(gallery.image_embeds, from_tensors.image_embeds, atol=1e-5, rtol=0)
+    texts = encode_texts(model, captions, batch_size=2, processor=processor, progress=True)
+    expected = encode_texts(model, tokens["input_ids"], tokens["attention_mask"])
+    torch.testing.assert_close(texts.text_embeds, expected.text_embeds, atol=1e-5, rtol=0)
+    torch.testing.assert_close(texts.text_masks, expected.text_masks)
+    with pytest.raises(ValueError, match="pass `processor=`"):
+        encode_texts(model, captions)
+    with pytest.raises(ValueError, match="pass `processor=`"):
+        encode_gallery(model, paths)
+
+
+def test_text_image_similarity_is_a_deprecated_alias(model, processor):
+    tokens = processor.tokenizer(["a red circle.", "a triangle."], return_tensors="pt", padding=True)
+    texts = encode_texts(model, tokens["input_ids"], tokens["attention_mask"])
+    gallery = encode_gallery(model, torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    with pytest.warns(FutureWarning, match="text_image_similarity is deprecated"):
+        scores = text_image_similarity(texts, gallery, "modular")
+    expected = similarity(texts.text_embeds, gallery.image_embeds, texts.text_masks, "modular")
+    torch.testing.assert_close(scores, expected)

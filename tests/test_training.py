@@ -123,8 +123,8 @@ def test_baseline_and_control_keep_the_head_and_save_plain_scoring(tmp_path, obj
 
 
 def test_objective_names_and_errors():
-    assert set(OBJECTIVES) == {"smartclip", "clip", "random_mask"}
-    with pytest.raises(ValueError, match=r"objective 'siglip'; expected one of \('smartclip', 'clip', 'random_mask'\)"):
+    assert set(OBJECTIVES) == {"smartclip", "clip", "random_mask", "longclip"}
+    with pytest.raises(ValueError, match=r"objective 'siglip'; expected one of \('smartclip', 'clip', 'random_mask', 'longclip'\)"):
         build_objective("siglip")
     with pytest.raises(ValueError, match="density"):
         build_objective("random_mask", density=1.5)

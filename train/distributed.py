@@ -1,20 +1,50 @@
 """Gathering features from every rank, so that a contrastive loss sees the global batch.
 
-Each rank computes the same loss on the gathered `(global_batch, D)` features. The all-gather from
-`torch.distributed.nn.functional` is differentiable: its backward sums, into each rank's own rows, the gradients
-that every rank's (identical) loss sends to them. That sum is `world_size` times the true gradient of those rows,
-and DDP's averaging over ranks divides it back, so the update equals one process training on the whole batch.
+With the global loss, each rank computes the same loss on the gathered `(global_batch, D)` features; with the local
+loss (`modeling_smartclip.losses`), each rank scores its own rows against the gathered ones. Either way the gather
+is differentiable: its backward sums, into each rank's own rows, the gradients that every rank's loss sends to
+them, and DDP's averaging over ranks turns that sum into the gradient of the global loss (for the global loss,
+the sum is `world_size` times the true gradient of the rows, and the averaging divides it back), so the update
+equals one process training on the whole batch.
 """
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 
 
 def world_size() -> int:
     """Number of processes in the default group; 1 when `torch.distributed` is not initialised."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class _AllGather(torch.autograd.Function):
+    """`all_gather` with a backward: each rank gets the sum over ranks of the gradients of its own slot.
+
+    `torch.distributed.nn.functional.all_gather` is deprecated in torch 2.13 in favour of
+    `torch.distributed._functional_collectives`, a private module whose backward needs `reduce_scatter`; this works
+    on every backend (gloo included) with the public `all_gather` and `all_reduce`.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)  # (world_size * n, ...)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss sends gradients to every slot
+        return grad.chunk(world_size())[dist.get_rank()]
+
+
+def _sizes(local_size: int, device: torch.device) -> list[int]:
+    """The first-dimension size on every rank, in rank order."""
+    size = torch.tensor([local_size], device=device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s) for s in sizes]
 
 
 def gather_features(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -26,17 +56,22 @@ def gather_features(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """
     if world_size() == 1:
         return tensors
-    local_size = torch.tensor([len(tensors[0])], device=tensors[0].device)
-    sizes = [torch.zeros_like(local_size) for _ in range(world_size())]
-    dist.all_gather(sizes, local_size)
-    sizes = [int(size) for size in sizes]
+    sizes = _sizes(len(tensors[0]), tensors[0].device)
     largest = max(sizes)
     gathered = []
     for tensor in tensors:
         padding = [0, 0] * (tensor.dim() - 1) + [0, largest - len(tensor)]  # F.pad lists the last dim first
-        parts = dist_nn.all_gather(F.pad(tensor, padding))
+        parts = _AllGather.apply(F.pad(tensor, padding)).split(largest)
         gathered.append(torch.cat([part[:size] for part, size in zip(parts, sizes)]))
     return tuple(gathered)
 
 
-__all__ = ["gather_features", "world_size"]
+def rank_offset(local_size: int, device: torch.device) -> int:
+    """Index of this rank's first row in `gather_features`' output (the local loss's label offset); 0 in a single
+    process."""
+    if world_size() == 1:
+        return 0
+    return sum(_sizes(local_size, device)[: dist.get_rank()])
+
+
+__all__ = ["gather_features", "rank_offset", "world_size"]

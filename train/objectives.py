@@ -12,7 +12,7 @@ from accelerate.utils import extract_model_from_parallel
 
 from modeling_smartclip import SmartCLIPOutput, clip_loss, modular_loss
 
-from .distributed import gather_features
+from .distributed import gather_features, rank_offset
 
 
 class TrainingLoss:
@@ -23,11 +23,20 @@ class TrainingLoss:
         scoring: the `SmartCLIPConfig.scoring` a model trained with this loss is saved with.
         config_loss_type: the `SmartCLIPConfig.loss_type` (what `forward(return_loss=True)` computes) saved with it.
         (The saved `SmartCLIPConfig.mask_head_trained` is `trains_mask_head`.)
+        needs_text_masks: whether the loss reads `outputs.text_masks`; the trainer passes it to `forward` as
+            `output_text_masks`, so the mask head runs only when it is used.
+
+    The core objectives take `local_loss: bool = False`: with it, each rank scores only its own captions against all
+    gathered images and its own images against all gathered captions (open_clip's `local_loss`), so per-rank loss
+    memory and FLOPs are `O(local_batch x global_batch)` instead of `O(global_batch^2)`, with the same gradients as
+    the global loss when ranks hold equal batches. Worth it from a few ranks up (the paper's 8 x 128) and needed
+    for 32k global batches; in one process it changes nothing.
     """
 
     trains_mask_head: bool = False
     scoring: str = "plain"
     config_loss_type: str = "clip"
+    needs_text_masks: bool = True
 
     def __call__(self, model, outputs: SmartCLIPOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Returns the scalar loss of the global batch and a few numbers to log."""
@@ -42,10 +51,21 @@ def logit_scale_of(model) -> torch.Tensor:
 class CLIPLoss(TrainingLoss):
     """CLIP's symmetric contrastive loss on unmasked embeddings: the baseline, with the same towers and script."""
 
+    needs_text_masks = False
+
+    def __init__(self, local_loss: bool = False):
+        self.local_loss = local_loss
+
     def __call__(self, model, outputs: SmartCLIPOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        text_embeds, image_embeds = gather_features(outputs.text_embeds, outputs.image_embeds)
         logit_scale = logit_scale_of(model)
-        return clip_loss(text_embeds, image_embeds, logit_scale), {"logit_scale": logit_scale.exp().item()}
+        logs = {"logit_scale": logit_scale.exp().item()}
+        if not self.local_loss:
+            text_embeds, image_embeds = gather_features(outputs.text_embeds, outputs.image_embeds)
+            return clip_loss(text_embeds, image_embeds, logit_scale), logs
+        all_text_embeds, all_image_embeds = gather_features(outputs.text_embeds, outputs.image_embeds)
+        offset = rank_offset(len(outputs.text_embeds), outputs.text_embeds.device)
+        loss = clip_loss(outputs.text_embeds, outputs.image_embeds, logit_scale, all_text_embeds, all_image_embeds, offset)
+        return loss, logs
 
 
 class ModularLoss(TrainingLoss):
@@ -55,9 +75,10 @@ class ModularLoss(TrainingLoss):
     scoring = "modular"
     config_loss_type = "smartclip"
 
-    def __init__(self, lambda_align: float = 1.0, lambda_sparsity: float = 0.01):
+    def __init__(self, lambda_align: float = 1.0, lambda_sparsity: float = 0.01, local_loss: bool = False):
         self.lambda_align = lambda_align
         self.lambda_sparsity = lambda_sparsity
+        self.local_loss = local_loss
 
     def masks(self, outputs: SmartCLIPOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """`(masks, probs)`, both `(local_batch, D)`: the head's hard masks and the sigmoids of the sparsity term."""
@@ -65,13 +86,23 @@ class ModularLoss(TrainingLoss):
 
     def __call__(self, model, outputs: SmartCLIPOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         masks, probs = self.masks(outputs)
-        text_embeds, image_embeds, masks, probs = gather_features(
-            outputs.text_embeds, outputs.image_embeds, masks, probs
-        )
         logit_scale = logit_scale_of(model)
-        loss = modular_loss(
-            text_embeds, image_embeds, masks, probs, logit_scale, self.lambda_align, self.lambda_sparsity
-        )
+        if not self.local_loss:
+            text_embeds, image_embeds, masks, probs = gather_features(
+                outputs.text_embeds, outputs.image_embeds, masks, probs
+            )
+            loss = modular_loss(
+                text_embeds, image_embeds, masks, probs, logit_scale, self.lambda_align, self.lambda_sparsity
+            )
+        else:
+            all_text_embeds, all_image_embeds, all_masks = gather_features(
+                outputs.text_embeds, outputs.image_embeds, masks
+            )
+            offset = rank_offset(len(masks), masks.device)
+            loss = modular_loss(
+                outputs.text_embeds, outputs.image_embeds, masks, probs, logit_scale, self.lambda_align,
+                self.lambda_sparsity, all_text_embeds, all_image_embeds, all_masks, offset,
+            )
         return loss, {"mask_density": masks.detach().mean().item(), "logit_scale": logit_scale.exp().item()}
 
 
@@ -87,8 +118,11 @@ class RandomMaskLoss(ModularLoss):
     scoring = "plain"
     config_loss_type = "clip"  # the head stays untrained, so `forward`'s loss is CLIP's
 
-    def __init__(self, lambda_align: float = 1.0, lambda_sparsity: float = 0.01, density: float | None = None):
-        super().__init__(lambda_align, lambda_sparsity)
+    def __init__(
+        self, lambda_align: float = 1.0, lambda_sparsity: float = 0.01, density: float | None = None,
+        local_loss: bool = False,
+    ):
+        super().__init__(lambda_align, lambda_sparsity, local_loss)
         if density is not None and not 0.0 <= density <= 1.0:
             raise ValueError(f"RandomMaskLoss: density={density}; expected a value in [0, 1] or None.")
         self.density = density
@@ -100,7 +134,79 @@ class RandomMaskLoss(ModularLoss):
         return random_masks, random_masks
 
 
-OBJECTIVES = ("smartclip", "clip", "random_mask")
+class LongCLIPLoss(TrainingLoss):
+    """Long-CLIP's objective (Zhang et al., ECCV 2024): CLIP's loss on (image, long caption) plus CLIP's loss on
+    (the image's principal components, the caption's first sentence), both with label smoothing.
+
+    The coarse image features keep the top `pca_dim` principal components of the batch's unit image embeddings,
+    with the mean added back and renormalised ("primary component matching", `PCA` and `forward` in
+    github.com/beichenzbc/Long-CLIP/blob/main/model/model_longclip.py), so a one-sentence caption is matched with
+    the images' main directions rather than with every detail. Gradients flow through the decomposition, as there.
+    Unlike Long-CLIP, which decomposes each GPU's own batch, the components come from the gathered global batch, so
+    the loss does not depend on how the batch is split over ranks.
+
+    The batch needs the first sentences' tokens, `short_input_ids` and `short_attention_mask`
+    (`CaptionCollator(first_sentence=True)`); they go through the text tower in a second pass here.
+    """
+
+    needs_first_sentence = True
+
+    def __init__(self, pca_dim: int = 32, label_smoothing: float = 0.1):
+        if pca_dim < 1 or not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(
+                f"LongCLIPLoss: pca_dim={pca_dim}, label_smoothing={label_smoothing}; expected pca_dim >= 1 and "
+                "label_smoothing in [0, 1)."
+            )
+        self.pca_dim = pca_dim
+        self.label_smoothing = label_smoothing
+
+    @staticmethod
+    def principal_components(features: torch.Tensor, k: int) -> torch.Tensor:
+        """The rank-`k` PCA reconstruction of the rows of `features` `(N, D)`: their mean plus the centred rows
+        projected onto the `k` leading principal directions; `(N, D)`.
+
+        Returns `features` itself when `k >= min(N - 1, D)`, the most the centred rows' rank can be: the
+        reconstruction is then exact, and skipping it avoids differentiating through tied (zero) eigenvalues.
+        """
+        if k >= min(len(features) - 1, features.shape[1]):
+            return features
+        mean = features.mean(dim=0, keepdim=True)  # (1, D)
+        centred = (features - mean).to(torch.promote_types(features.dtype, torch.float32))  # eigh needs >= fp32
+        _, directions = torch.linalg.eigh(centred.T @ centred)  # (D, D), columns by ascending eigenvalue
+        top = directions[:, -k:]  # (D, k)
+        return (centred @ top @ top.T).to(features.dtype) + mean  # (N, D)
+
+    def contrastive_loss(self, logits_per_text: torch.Tensor) -> torch.Tensor:
+        """Symmetric cross-entropy of a `(n, n)` logit matrix (positives on the diagonal) with label smoothing."""
+        labels = torch.arange(len(logits_per_text), device=logits_per_text.device)
+        loss_text = torch.nn.functional.cross_entropy(logits_per_text, labels, label_smoothing=self.label_smoothing)
+        loss_image = torch.nn.functional.cross_entropy(logits_per_text.T, labels, label_smoothing=self.label_smoothing)
+        return (loss_text + loss_image) / 2
+
+    def __call__(self, model, outputs: SmartCLIPOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        if "short_input_ids" not in batch:
+            raise ValueError(
+                "the longclip objective needs each caption's first sentence in the batch (`short_input_ids`, "
+                "`short_attention_mask`); got only " + ", ".join(batch) + ". Build the collator with "
+                "CaptionCollator(..., first_sentence=True)."
+            )
+        short_features = extract_model_from_parallel(model).get_text_features(
+            input_ids=batch["short_input_ids"], attention_mask=batch.get("short_attention_mask")
+        ).pooler_output  # (local_batch, D)
+        short_embeds = short_features / short_features.norm(dim=-1, keepdim=True)  # (local_batch, D)
+        text_embeds, image_embeds, short_embeds = gather_features(
+            outputs.text_embeds, outputs.image_embeds, short_embeds
+        )
+        coarse_embeds = self.principal_components(image_embeds, self.pca_dim)  # (B, D)
+        coarse_embeds = coarse_embeds / coarse_embeds.norm(dim=-1, keepdim=True)
+        logit_scale = logit_scale_of(model)
+        loss_long = self.contrastive_loss(logit_scale.exp() * text_embeds @ image_embeds.T)
+        loss_short = self.contrastive_loss(logit_scale.exp() * short_embeds @ coarse_embeds.T)
+        logs = {"loss_long": loss_long.item(), "loss_short": loss_short.item(), "logit_scale": logit_scale.exp().item()}
+        return loss_long + loss_short, logs
+
+
+OBJECTIVES = ("smartclip", "clip", "random_mask", "longclip")
 
 
 def build_objective(name: str, **kwargs) -> TrainingLoss:
@@ -111,9 +217,12 @@ def build_objective(name: str, **kwargs) -> TrainingLoss:
         return CLIPLoss(**kwargs)
     elif name == "random_mask":
         return RandomMaskLoss(**kwargs)
+    elif name == "longclip":
+        return LongCLIPLoss(**kwargs)
     raise ValueError(f"objective {name!r}; expected one of {OBJECTIVES}.")
 
 
 __all__ = [
-    "OBJECTIVES", "CLIPLoss", "ModularLoss", "RandomMaskLoss", "TrainingLoss", "build_objective", "logit_scale_of",
+    "OBJECTIVES", "CLIPLoss", "LongCLIPLoss", "ModularLoss", "RandomMaskLoss", "TrainingLoss", "build_objective",
+    "logit_scale_of",
 ]

@@ -1,25 +1,32 @@
 """`smartclip-train`: train SmartCLIP (or the CLIP baseline, or the random-mask control) with the HF Trainer.
 
 Start from a CLIP checkpoint (converted with `SmartCLIPModel.from_clip`), a SmartCLIP checkpoint, or small towers
-from scratch; train on the built-in scenes or any `datasets` source. Every `TrainingArguments` option works
-(mixed precision, gradient accumulation, `--resume_from_checkpoint`, `report_to`, `torch_compile`, `torchrun` /
-`accelerate launch`). Reads top to bottom: arguments, model, objective, then `run_training` (data, train, save,
-report) and `main`; the Trainer subclass is in `trainer.py`. A related method (e.g. `methods/setclip/`) calls
-`run_training` with its own `objective` and `data_step`.
+from scratch; train on the built-in scenes, any `datasets` source, or csv/json files of image paths and captions.
+Every `TrainingArguments` option works (mixed precision, gradient accumulation, `--resume_from_checkpoint`,
+`report_to`, `torch_compile`, `torchrun` / `accelerate launch`), and so do the data and model flags of transformers'
+`run_clip.py` (`--caption_column`, `--train_file`, `--max_seq_length`, `--freeze_vision_model`, `--do_eval`, ...).
+Reads top to bottom: arguments, model, objective, then `run_training` (output folder, data, train, save, report) and
+`main`; the Trainer subclass is in `trainer.py`, the output folder's rules in `run_folder.py`. A related method (e.g.
+`methods/setclip/`) calls `run_training` with its own `objective` and `data_step`.
 
     smartclip-train --output_dir outputs/smartclip --max_steps 2000 --learning_rate 1e-3 --use_cpu
     smartclip-train --model_name_or_path openai/clip-vit-base-patch16 --freeze_first_positions 20 \
-        --learning_rate 1e-6 --mask_learning_rate 1e-3 --dataset_name my/captions --long_caption_column caption ...
+        --learning_rate 1e-6 --mask_learning_rate 1e-3 --dataset_name my/captions --caption_column caption ...
 """
 
+import contextlib
 import functools
+import json
 import logging
+import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import transformers
+from huggingface_hub import snapshot_download
 from torch.utils.data import Dataset
 from transformers import CLIPModel, HfArgumentParser, TrainingArguments, set_seed
 
@@ -27,14 +34,18 @@ from modeling_smartclip import SmartCLIPConfig, SmartCLIPModel, SmartCLIPProcess
 from modeling_smartclip.loading import load_model_and_processor
 from smartclip_data.scratch import scratch_clip_config, scratch_processor
 from smartclip_data.sources import DataArguments, DropCounter, load_split
+from smartclip_hub.card import write_model_card
 
 from .collator import CaptionCollator, CaptionEpochCallback
 from .objectives import OBJECTIVES, TrainingLoss, build_objective
+from .run_folder import RunLock, check_output_dir, resolve_checkpoint
 from .trainer import SmartCLIPTrainer
 
 logger = logging.getLogger(__name__)
 
 POSITION_EMBEDDING = "text_model.embeddings.position_embedding.weight"
+# What a Hub snapshot of the starting model needs: configs, tokenizer files, safetensors weights (never a pickle).
+MODEL_FILES = ("*.json", "*.safetensors", "*.txt", "*.model")
 # `(train_dataset, collator) -> (train_dataset, collator)`: a related method's data step (e.g. Set-CLIP's batches).
 DataStep = Callable[[Dataset, CaptionCollator], tuple[Dataset, Callable]]
 
@@ -77,6 +88,31 @@ class ModelArguments:
     scratch_num_heads: int = field(default=4, metadata={"help": "From scratch: attention heads per tower."})
     scratch_patch_size: int = field(default=8, metadata={"help": "From scratch: ViT patch size."})
     scratch_projection_dim: int = field(default=64, metadata={"help": "From scratch: joint embedding size."})
+    freeze_vision_model: bool = field(
+        default=False, metadata={"help": "Train without updating the vision tower (its projection trains; run_clip.py)."}
+    )
+    freeze_text_model: bool = field(
+        default=False,
+        metadata={"help": "Train without updating the text tower (its projection and the mask head train; run_clip.py)."},
+    )
+    local_loss: bool = field(
+        default=False,
+        metadata={"help": "Multi-GPU: each rank scores its own captions against all images (open_clip's local loss), "
+                  "instead of the full global similarity matrix on every rank."},
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "Hub branch, tag or commit of --model_name_or_path (run_clip.py)."}
+    )
+    token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token for private models and datasets; default: the saved login. Never saved."},
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads (models and datasets) are kept."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Accepted for run_clip.py command lines; not needed: SmartCLIP and CLIP checkpoints load "
+                  "with this package's classes, and `datasets` no longer runs loading scripts."},
+    )
 
     def config_overrides(self) -> dict:
         """The `SmartCLIPConfig` fields set on the command line."""
@@ -84,15 +120,41 @@ class ModelArguments:
                  "mask_num_attention_heads", "mask_intermediate_size")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
+    def hub_kwargs(self) -> dict:
+        """`token` and `cache_dir` as Hub downloads take them (only the ones set)."""
+        return {name: getattr(self, name) for name in ("token", "cache_dir") if getattr(self, name) is not None}
+
+
+@dataclass
+class SmartCLIPTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with `--overwrite_output_dir`, which transformers 5 dropped and run_clip.py passes."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an --output_dir that holds an earlier run (its checkpoints are removed); "
+                  "without it such a folder is refused unless --resume_from_checkpoint is given."},
+    )
+
 
 # ----- model ------------------------------------------------------------------------------------------------------
+
+
+def local_snapshot(path: str, args: ModelArguments) -> str:
+    """`path` if it is a local folder, else the folder of its Hub snapshot at `--model_revision`, downloaded with
+    `--token` / `--cache_dir`: the loader flags stay with the download and never reach a config."""
+    if Path(path).is_dir():
+        return path
+    return snapshot_download(path, revision=args.model_revision, allow_patterns=list(MODEL_FILES), **args.hub_kwargs())
 
 
 def load_starting_model(args: ModelArguments) -> tuple[SmartCLIPModel, SmartCLIPProcessor]:
     """The starting SmartCLIP and its processor: `args.model_name_or_path` (CLIP or SmartCLIP), or small towers
     from scratch when it is None."""
     if args.model_name_or_path is not None:
-        return load_model_and_processor(args.model_name_or_path, args.processor_name_or_path, **args.config_overrides())
+        processor_path = args.processor_name_or_path and local_snapshot(args.processor_name_or_path, args)
+        return load_model_and_processor(
+            local_snapshot(args.model_name_or_path, args), processor_path, **args.config_overrides()
+        )
     processor = scratch_processor()
     clip_config = scratch_clip_config(
         processor, hidden_size=args.scratch_hidden_size, num_layers=args.scratch_num_layers,
@@ -115,8 +177,27 @@ def freeze_position_rows(model: SmartCLIPModel, rows: int) -> None:
     weight = model.text_model.embeddings.position_embedding.weight
     if not 0 <= rows <= len(weight):
         raise ValueError(f"--freeze_first_positions={rows}; expected 0 to {len(weight)} (the text positions).")
-    if rows:
+    if rows and weight.requires_grad:  # (a frozen text tower keeps every row anyway)
         weight.register_hook(functools.partial(_zero_rows, rows=rows))
+
+
+def freeze_towers(model: SmartCLIPModel, vision: bool, text: bool) -> None:
+    """run_clip.py's `--freeze_vision_model` / `--freeze_text_model`: the tower gets no updates; its projection (and,
+    for the text tower, the mask head reading its states) still trains."""
+    if vision:
+        model.vision_model.requires_grad_(False)
+    if text:
+        model.text_model.requires_grad_(False)
+
+
+def caption_processor(processor: SmartCLIPProcessor, max_seq_length: int | None, positions: int) -> Callable:
+    """What the collator tokenizes with: `processor`, or `processor` called with `max_length=max_seq_length` (the
+    saved processor keeps its own limit)."""
+    if max_seq_length is None:
+        return processor
+    if max_seq_length > positions:
+        raise ValueError(f"--max_seq_length={max_seq_length}; expected at most {positions} (the model's text positions).")
+    return functools.partial(processor, max_length=max_seq_length)
 
 
 # ----- objective --------------------------------------------------------------------------------------------------
@@ -126,9 +207,12 @@ def objective_from_arguments(args: ModelArguments, config: SmartCLIPConfig) -> T
     """The `--objective`, weighted by the (possibly overridden) model config."""
     if args.random_mask_density is not None and args.objective != "random_mask":
         raise ValueError(f"--random_mask_density applies to --objective random_mask, not {args.objective!r}.")
+    if args.objective == "longclip":
+        return build_objective("longclip")
     if args.objective == "clip":
-        return build_objective("clip")
-    kwargs = {"lambda_align": config.lambda_align, "lambda_sparsity": config.lambda_sparsity}
+        return build_objective("clip", local_loss=args.local_loss)
+    kwargs = {"lambda_align": config.lambda_align, "lambda_sparsity": config.lambda_sparsity,
+              "local_loss": args.local_loss}
     if args.objective == "random_mask":
         kwargs["density"] = args.random_mask_density
     return build_objective(args.objective, **kwargs)
@@ -151,6 +235,32 @@ def _drop_metrics(split: str, counts: dict[str, int]) -> dict[str, int]:
     return {f"{split}_dropped_{reason.replace(' ', '_')}": count for reason, count in counts.items()}
 
 
+def _without_credentials(arguments: dict) -> dict:
+    return {key: value for key, value in arguments.items() if key != "token" and not key.endswith("_token")}
+
+
+def write_run_record(output_dir: str, model_args: ModelArguments, data_args: DataArguments,
+                     training_args: TrainingArguments) -> None:
+    """`training_args.json`: `{"model": ..., "data": ..., "training": ...}`, the arguments of the run without any
+    token (the model card reads it; `training_args.bin`, the Trainer's pickle, is never read)."""
+    record = {
+        "model": _without_credentials(asdict(model_args)),
+        "data": _without_credentials(asdict(data_args)),
+        "training": _without_credentials(training_args.to_sanitized_dict()),
+    }
+    Path(output_dir, "training_args.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def recall_results(eval_metrics: dict[str, float], scoring: str) -> dict[str, dict[str, float]] | None:
+    """The evaluation's recall as `{scoring: {"t2i_R@1": ...}}`, the layout the model card reads; None if none."""
+    results = {}
+    for name, value in eval_metrics.items():
+        match = re.fullmatch(r"eval_((?:t2i|i2t)_R@\d+)(?:_(plain))?", name)
+        if match:
+            results.setdefault(match.group(2) or scoring, {})[match.group(1)] = value
+    return results or None
+
+
 def run_training(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -162,6 +272,12 @@ def run_training(
 ) -> dict:
     """Trains, saves model and processor (safetensors) to `training_args.output_dir`, and reports.
 
+    The output folder is locked while the run writes into it; a folder holding an earlier run is refused unless
+    `--resume_from_checkpoint` (`last`: the last complete checkpoint) or `--overwrite_output_dir` is given (see
+    `run_folder`). `--do_eval` without `--do_train` (and without `--eval_strategy`) evaluates the starting model
+    only; otherwise the run trains, and evaluates when there is an evaluation split. The folder ends with the model,
+    `training_args.json` and a model card (`README.md`), ready to push.
+
     Args:
         eval_fn: called as `eval_fn(model, processor)` on the main process after training; its dict is returned
             under `"evaluation"` (e.g. `smartclip_eval.evaluate`'s metrics).
@@ -170,76 +286,103 @@ def run_training(
         data_step: a related method's change to the training data and collator (`DataStep`).
 
     Returns:
-        A JSON-serialisable dict: `output_dir`, `train` (the Trainer's metrics plus dropped-row counts),
-        `eval` (eval loss, when `--eval_split` is set), `dropped` (`{split: {reason: count}}`), `log_history`,
-        `evaluation`.
+        A JSON-serialisable dict: `output_dir`, `resumed_from` (the checkpoint, or None), `train` (the Trainer's
+        metrics plus dropped-row counts), `eval` (eval loss and recall, when there is an evaluation split), `dropped`
+        (`{split: {reason: count}}`), `log_history`, `evaluation`.
     """
     # Phase 1: settings this pipeline relies on.
     training_args.remove_unused_columns = False  # the collator reads the image and caption columns itself
-    if training_args.eval_strategy != "no" and data_args.eval_split is None:
-        raise ValueError(f"--eval_strategy {training_args.eval_strategy} needs --eval_split (built-in data: test).")
     if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
         logger.warning("--dataloader_persistent_workers: workers keep the first epoch's caption draws in later epochs.")
-    resume = training_args.resume_from_checkpoint
-    resume = True if resume in ("last", "true", "True") else resume  # the Trainer then finds the latest checkpoint
-    set_seed(training_args.seed)  # before the model: initialisation is part of the run
+    evaluate_only = training_args.do_eval and not training_args.do_train and training_args.eval_strategy == "no"
+    eval_split = data_args.eval_split_for(training_args.do_eval)
+    output_dir = str(training_args.output_dir)
+    main_process = training_args.process_index == 0
+    # A plain `TrainingArguments` (transformers 5 has no `overwrite_output_dir`) never overwrites.
+    overwrite = getattr(training_args, "overwrite_output_dir", False)
 
-    # Phase 2: model, processor and objective.
-    model, processor = load_starting_model(model_args)
-    objective = objective or objective_from_arguments(model_args, model.config)
-    prepare_model_for_objective(model, objective)
-    freeze_position_rows(model, model_args.freeze_first_positions)
+    with RunLock(output_dir) if main_process else contextlib.nullcontext():
+        # Phase 2: the output folder: which checkpoint to resume, and no silent reuse of an earlier run's folder.
+        checkpoint = None if evaluate_only else resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
+        if main_process and not evaluate_only:
+            check_output_dir(output_dir, overwrite, resume=checkpoint is not None)
+        set_seed(training_args.seed)  # before the model: initialisation is part of the run
 
-    # Phase 3: data, checked and cleaned, with a caption drawn per image and step by the collator.
-    drops = {split: DropCounter(training_args.dataloader_num_workers) for split in ("train", "eval")}
-    with training_args.main_process_first(desc="loading and checking the data"):
-        train_dataset = load_split(data_args, data_args.train_split, drops["train"], data_args.max_train_samples)
-        eval_dataset = None
-        if data_args.eval_split is not None:
-            eval_dataset = load_split(data_args, data_args.eval_split, drops["eval"], data_args.max_eval_samples)
-    seed = training_args.seed if data_args.caption_seed is None else data_args.caption_seed
-    collator = CaptionCollator(processor, data_args.p_long, data_args.p_sentence, data_args.p_short, seed=seed)
-    data_collator = collator
-    if data_step is not None:
-        train_dataset, data_collator = data_step(train_dataset, collator)
+        # Phase 3: model, processor and objective.
+        model, processor = load_starting_model(model_args)
+        objective = objective or objective_from_arguments(model_args, model.config)
+        prepare_model_for_objective(model, objective)
+        freeze_towers(model, model_args.freeze_vision_model, model_args.freeze_text_model)
+        freeze_position_rows(model, model_args.freeze_first_positions)
 
-    # Phase 4: train.
-    trainer = SmartCLIPTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=data_collator,
-        processing_class=processor,
-        callbacks=[CaptionEpochCallback(collator), *(callbacks or [])],
-        training_loss=objective,
-        mask_learning_rate=model_args.mask_learning_rate,
-        no_decay=(POSITION_EMBEDDING,) if model_args.freeze_first_positions else (),
-    )
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()  # model (safetensors, remote code, scoring in its config) and processor
-    eval_metrics = trainer.evaluate() if eval_dataset is not None else {}
+        # Phase 4: data, checked and cleaned, with a caption drawn per image and step by the collator.
+        drops = {split: DropCounter(training_args.dataloader_num_workers) for split in ("train", "eval")}
+        hub_kwargs = model_args.hub_kwargs()
+        with training_args.main_process_first(desc="loading and checking the data"):
+            train_dataset = eval_dataset = None
+            if not evaluate_only:
+                train_dataset = load_split(
+                    data_args, data_args.train_split, drops["train"], data_args.max_train_samples, **hub_kwargs
+                )
+            if eval_split is not None:
+                eval_dataset = load_split(data_args, eval_split, drops["eval"], data_args.max_eval_samples, **hub_kwargs)
+        seed = training_args.seed if data_args.caption_seed is None else data_args.caption_seed
+        positions = model.config.text_config.max_position_embeddings
+        collator = CaptionCollator(
+            caption_processor(processor, data_args.max_seq_length, positions),
+            data_args.p_long, data_args.p_sentence, data_args.p_short, seed=seed,
+            first_sentence=getattr(objective, "needs_first_sentence", False),
+        )
+        data_collator = collator
+        if data_step is not None and train_dataset is not None:
+            train_dataset, data_collator = data_step(train_dataset, collator)
 
-    # Phase 5: report, dropped rows included (streamed data is counted as it is read, hence after evaluation).
-    dropped = {"train": drops["train"].totals()}
-    if eval_dataset is not None:
-        dropped["eval"] = drops["eval"].totals()
-    for split, counts in dropped.items():
-        level = logging.WARNING if any(counts.values()) else logging.INFO
-        logger.log(level, "Dropped %s rows: %s", split, ", ".join(f"{n} {reason}" for reason, n in counts.items()))
-    train_metrics = {**train_result.metrics, **_drop_metrics("train", dropped["train"])}
-    trainer.log_metrics("train", train_metrics)
-    trainer.save_metrics("train", train_metrics)
-    if eval_dataset is not None:
-        eval_metrics = {**eval_metrics, **_drop_metrics("eval", dropped["eval"])}
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-    trainer.save_state()
-    evaluation = {}
-    if eval_fn is not None and trainer.is_world_process_zero():
-        evaluation = eval_fn(trainer.model.eval(), processor)
+        # Phase 5: train (and save), evaluate.
+        trainer = SmartCLIPTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=data_collator,
+            processing_class=processor,
+            callbacks=[CaptionEpochCallback(collator), *(callbacks or [])],
+            training_loss=objective,
+            mask_learning_rate=model_args.mask_learning_rate,
+            no_decay=(POSITION_EMBEDDING,) if model_args.freeze_first_positions else (),
+        )
+        train_metrics = {}
+        if not evaluate_only:
+            train_metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
+            trainer.save_model()  # model (safetensors, remote code, scoring in its config) and processor, whole
+        eval_metrics = trainer.evaluate() if eval_dataset is not None else {}
+
+        # Phase 6: report, dropped rows included (streamed data is counted as it is read, hence after evaluation).
+        dropped = {}
+        if train_dataset is not None:
+            dropped["train"] = drops["train"].totals()
+        if eval_dataset is not None:
+            dropped["eval"] = drops["eval"].totals()
+        for split, counts in dropped.items():
+            level = logging.WARNING if any(counts.values()) else logging.INFO
+            logger.log(level, "Dropped %s rows: %s", split, ", ".join(f"{n} {reason}" for reason, n in counts.items()))
+        if train_dataset is not None:
+            train_metrics = {**train_metrics, **_drop_metrics("train", dropped["train"])}
+            trainer.log_metrics("train", train_metrics)
+            trainer.save_metrics("train", train_metrics)
+            trainer.save_state()
+        if eval_dataset is not None:
+            eval_metrics = {**eval_metrics, **_drop_metrics("eval", dropped["eval"])}
+            trainer.log_metrics("eval", eval_metrics)
+            trainer.save_metrics("eval", eval_metrics)
+        if train_dataset is not None and trainer.is_world_process_zero():
+            write_run_record(output_dir, model_args, data_args, training_args)
+            write_model_card(output_dir, recall_results(eval_metrics, trainer.model.config.scoring))
+        evaluation = {}
+        if eval_fn is not None and trainer.is_world_process_zero():
+            evaluation = eval_fn(trainer.model.eval(), processor)
     return {
-        "output_dir": str(training_args.output_dir),
+        "output_dir": output_dir,
+        "resumed_from": checkpoint,
         "train": train_metrics,
         "eval": eval_metrics,
         "dropped": dropped,
@@ -249,9 +392,9 @@ def run_training(
 
 
 def parse_args(argv: list[str] | None = None, extra_arguments: tuple[type, ...] = ()) -> tuple:
-    """`(ModelArguments, DataArguments, TrainingArguments, *extra)` from command-line flags or a single `.json` /
-    `.yaml` file holding them; `extra_arguments` are a related method's own dataclasses."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, *extra_arguments))
+    """`(ModelArguments, DataArguments, SmartCLIPTrainingArguments, *extra)` from command-line flags or a single
+    `.json` / `.yaml` file holding them; `extra_arguments` are a related method's own dataclasses."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, SmartCLIPTrainingArguments, *extra_arguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(argv[0])
@@ -264,7 +407,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console script `smartclip-train`."""
     model_args, data_args, training_args = parse_args(argv)
     set_up_logging(training_args)
-    run_training(model_args, data_args, training_args)
+    try:
+        run_training(model_args, data_args, training_args)
+    except ValueError as error:  # bad input: one line naming it, not a traceback
+        sys.exit(f"smartclip-train: error: {error}")
 
 
 def set_up_logging(training_args: TrainingArguments) -> None:
@@ -281,12 +427,17 @@ __all__ = [
     "DataStep",
     "ModelArguments",
     "DataArguments",
+    "SmartCLIPTrainingArguments",
+    "caption_processor",
     "freeze_position_rows",
+    "freeze_towers",
     "load_starting_model",
+    "local_snapshot",
     "main",
     "objective_from_arguments",
     "parse_args",
     "prepare_model_for_objective",
     "run_training",
     "set_up_logging",
+    "write_run_record",
 ]

@@ -75,8 +75,13 @@ class SmartCLIPTrainer(Trainer):
         self._loss_logs: dict[str, list[float]] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        # The model runs without `return_loss`: the plug-in computes the loss once the features of all ranks are in.
-        outputs = model(**{name: value for name, value in inputs.items() if name in MODEL_INPUTS})
+        # The model runs without `return_loss`: the plug-in computes the loss once the features of all ranks are in,
+        # so `forward` skips its own (n, n) logits, and runs the mask head only for objectives that read the masks.
+        outputs = model(
+            **{name: value for name, value in inputs.items() if name in MODEL_INPUTS},
+            output_text_masks=getattr(self.training_loss, "needs_text_masks", True),
+            return_logits=False,
+        )
         loss, logs = self.training_loss(model, outputs, inputs)
         if model.training:
             for name, value in logs.items():

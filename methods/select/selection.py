@@ -11,9 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Decision codes: kept, skipped before scoring (the `smartclip_data.sources.DROP_REASONS`), dropped by a stage.
-KEPT, UNREADABLE_IMAGE, EMPTY_CAPTION, DROPPED_NEG_CLIP_LOSS, DROPPED_NORM_SIM = range(5)
-DECISIONS = ("kept", "unreadable image", "empty caption", "dropped by negCLIPLoss", "dropped by NormSim")
+from smartclip_data.sources import DROP_REASONS
+
+# Decision codes (indices of DECISIONS): kept, skipped before scoring for a training-data drop reason, or dropped by
+# one of the two stages.
+DECISIONS = ("kept", *DROP_REASONS, "dropped by negCLIPLoss", "dropped by NormSim")
+KEPT = 0
+UNREADABLE_IMAGE = DECISIONS.index("unreadable image")
+EMPTY_CAPTION = DECISIONS.index("empty caption")
+INVALID_CAPTION = DECISIONS.index("invalid caption")
+DROPPED_NEG_CLIP_LOSS, DROPPED_NORM_SIM = DECISIONS.index("dropped by negCLIPLoss"), DECISIONS.index("dropped by NormSim")
 CHUNK_ROWS = 1 << 20
 _BITS = 16  # bits per radix pass: 2 passes over float32 keys, 65,536 bins each
 
@@ -131,6 +138,7 @@ def select(
 
 
 __all__ = [
-    "Cut", "DECISIONS", "DROPPED_NEG_CLIP_LOSS", "DROPPED_NORM_SIM", "EMPTY_CAPTION", "KEPT", "UNREADABLE_IMAGE",
+    "Cut", "DECISIONS", "DROPPED_NEG_CLIP_LOSS", "DROPPED_NORM_SIM", "EMPTY_CAPTION", "INVALID_CAPTION", "KEPT",
+    "UNREADABLE_IMAGE",
     "apply_cut", "chunks", "select", "target_count", "top_k_cut",
 ]

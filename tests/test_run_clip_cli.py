@@ -1,0 +1,133 @@
+"""transformers' `run_clip.py` users: its command line works with our script name, evaluation reports retrieval
+recall (so the best model can be picked by it), and the output folder is Hub-ready (model card, training_args.json,
+no token anywhere)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from smartclip_data.scratch import scratch_processor
+from smartclip_train.train import DataArguments, ModelArguments, caption_processor, main, run_training
+from smartclip_train.trainer import image_keys, recall_metrics
+
+from .test_runs import arguments
+from .test_training import TINY_DATA, TINY_MODEL
+
+TOKEN = "hf_NotARealTokenButSecret123"
+SHAPES = ("circle", "square", "triangle", "cross")
+
+
+@pytest.fixture
+def data_files(tmp_path):
+    """run_clip.py's input: a csv (train) and a json-lines file (validation) of image paths and captions."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        path = tmp_path / f"image{i}.png"
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(path)
+        rows.append((str(path), f"a red {SHAPES[i % 4]}. a blue {SHAPES[(i + 1) % 4]}."))
+    train_file, validation_file = tmp_path / "train.csv", tmp_path / "validation.json"
+    train_file.write_text("image_path,caption\n" + "".join(f"{path},{caption}\n" for path, caption in rows[:6]))
+    validation_file.write_text("".join(json.dumps({"image_path": p, "caption": c}) + "\n" for p, c in rows[4:]))
+    return train_file, validation_file
+
+
+def run_clip_command(clip_dir, train_file, validation_file, output_dir) -> list[str]:
+    """The README command of transformers' examples/pytorch/contrastive-image-text, on local files, tiny."""
+    return [
+        "--output_dir", str(output_dir), "--model_name_or_path", str(clip_dir),
+        "--train_file", str(train_file), "--validation_file", str(validation_file),
+        "--image_column", "image_path", "--caption_column", "caption", "--remove_unused_columns=False",
+        "--do_train", "--do_eval", "--per_device_train_batch_size=3", "--per_device_eval_batch_size=2",
+        "--learning_rate=5e-3", "--warmup_steps=0", "--weight_decay", "0.1", "--overwrite_output_dir",
+        "--max_seq_length", "16", "--freeze_vision_model", "--max_train_samples", "6", "--max_eval_samples", "4",
+        "--preprocessing_num_workers", "1", "--model_revision", "main", "--token", TOKEN,
+        "--cache_dir", str(output_dir.parent / "cache"), "--trust_remote_code", "--dataset_config_name", "default",
+        "--max_steps", "2", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
+    ]
+
+
+def test_run_clip_command_line_trains_evaluates_and_leaves_a_hub_ready_folder(tmp_path, clip_dir, data_files):
+    output_dir = tmp_path / "clip-finetuned"
+    main(run_clip_command(clip_dir, *data_files, output_dir))
+
+    start, trained = load_file(clip_dir / "model.safetensors"), load_file(output_dir / "model.safetensors")
+    vision = [name for name in start if name.startswith("vision_model.")]
+    assert vision and all(torch.equal(start[name], trained[name]) for name in vision)  # --freeze_vision_model
+    assert not torch.equal(start["visual_projection.weight"], trained["visual_projection.weight"])
+    assert not torch.equal(start["text_model.final_layer_norm.weight"], trained["text_model.final_layer_norm.weight"])
+
+    metrics = json.loads((output_dir / "eval_results.json").read_text())  # --do_eval: the validation file
+    assert metrics["eval_loss"] > 0 and metrics["eval_samples_per_second"] > 0
+    for name in ("eval_t2i_R@1", "eval_t2i_R@5", "eval_i2t_R@10", "eval_t2i_R@1_plain"):
+        assert 0.0 <= metrics[name] <= 1.0, name
+    assert metrics["eval_i2t_R@10"] == 1.0  # 4 validation pairs: every right caption is in the top 10
+
+    record = json.loads((output_dir / "training_args.json").read_text())
+    assert record["data"]["caption_column"] == "caption" and record["data"]["max_seq_length"] == 16
+    assert record["model"]["freeze_vision_model"] is True and "token" not in record["model"]
+    assert "hub_token" not in record["training"] and record["training"]["learning_rate"] == 5e-3
+    card = (output_dir / "README.md").read_text()
+    assert "smartclip" in card.lower() and "0.005" in card
+    leaked = [path.name for path in output_dir.rglob("*") if path.is_file() and TOKEN.encode() in path.read_bytes()]
+    assert leaked == []
+    assert json.loads((output_dir / "tokenizer_config.json").read_text())["model_max_length"] == 248  # not 16
+
+
+def test_do_eval_alone_evaluates_the_starting_model(tmp_path, clip_dir, data_files):
+    output_dir = tmp_path / "eval-only"
+    main(["--model_name_or_path", str(clip_dir), "--validation_file", str(data_files[1]), "--do_eval",
+          "--output_dir", str(output_dir), "--per_device_eval_batch_size", "2", "--use_cpu", "--report_to", "none"])
+    assert "eval_t2i_R@1" in json.loads((output_dir / "eval_results.json").read_text())
+    assert not (output_dir / "model.safetensors").exists() and not (output_dir / "train_results.json").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path, data_files, capsys):
+    with pytest.raises(SystemExit, match=r"smartclip-train: error: Split 'validation' not found in the data files"):
+        main(["--train_file", str(data_files[0]), "--do_eval", "--output_dir", str(tmp_path / "out"), "--use_cpu"])
+
+
+def test_best_model_at_end_is_picked_by_text_to_image_recall(tmp_path):
+    result = run_training(
+        ModelArguments(**TINY_MODEL), DataArguments(eval_split="test", **TINY_DATA),
+        arguments(tmp_path, max_steps=3, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                  per_device_eval_batch_size=2, learning_rate=3e-2, load_best_model_at_end=True,
+                  metric_for_best_model="eval_t2i_R@1"),
+    )
+    evaluations = [log for log in result["log_history"] if "eval_t2i_R@1" in log]
+    assert [log["step"] for log in evaluations] == [1, 2, 3, 3]  # each --eval_steps, then the final evaluation
+    assert all({"eval_i2t_R@5", "eval_t2i_R@1_plain"} <= log.keys() for log in evaluations)
+    recalls = [log["eval_t2i_R@1"] for log in evaluations[:3]]
+    best_step = 1 + recalls.index(max(recalls))
+    state = json.loads((tmp_path / "trainer_state.json").read_text())
+    assert state["best_metric"] == max(recalls)
+    assert state["best_model_checkpoint"] == str(tmp_path / f"checkpoint-{best_step}")
+    best, final = load_file(tmp_path / f"checkpoint-{best_step}" / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    assert all(torch.equal(best[name], final[name]) for name in best)
+    assert result["eval"]["eval_t2i_R@1"] == max(recalls)
+
+
+def test_recall_counts_every_caption_of_an_image_listed_twice():
+    pixels = torch.rand(3, 3, 4, 4)
+    keys = image_keys(pixels[[0, 0, 1, 2]])  # rows 0 and 1: one image with two captions
+    assert keys[0] == keys[1] and len(set(keys.tolist())) == 3
+    images = torch.eye(4)[[0, 0, 1, 2]]  # (4, D)
+    texts = torch.eye(4)[[0, 0, 1, 3]]  # caption 3 points nowhere near its image
+    metrics = recall_metrics(texts, images, None, keys, "plain")
+    # Caption 1's best-scoring image is row 0, the same picture: a hit, not a miss.
+    assert metrics["t2i_R@1"] == 0.75 and metrics["i2t_R@1"] == 0.75
+
+
+def test_max_seq_length_truncates_the_collator_captions_only():
+    processor = scratch_processor()
+    short = caption_processor(processor, 8, positions=248)
+    long_caption = " ".join(["a red circle at the top left."] * 5)
+    with pytest.warns(UserWarning, match="longer than 8 tokens; truncated"):
+        assert short(text=[long_caption], return_tensors="pt")["input_ids"].shape[-1] == 8
+    assert processor.tokenizer.model_max_length == 248 and caption_processor(processor, None, 248) is processor
+    with pytest.raises(ValueError, match=r"--max_seq_length=300; expected at most 248"):
+        caption_processor(processor, 300, positions=248)

@@ -1,0 +1,157 @@
+"""Output folders lose nothing: a used folder is refused, a concurrent run is locked out, resume skips a checkpoint
+cut short (simulated, and by a real kill while it is written), and a final save that fails (a full disk) leaves the
+previous model whole."""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modeling_smartclip import SmartCLIPModel
+from smartclip_train.run_folder import LOCK_NAME, RunLock
+from smartclip_train.train import DataArguments, ModelArguments, SmartCLIPTrainingArguments, run_training
+
+from .test_training import TINY_DATA, TINY_MODEL
+
+SETTINGS = dict(
+    per_device_train_batch_size=8, learning_rate=1e-3, logging_steps=1, use_cpu=True, dataloader_num_workers=0,
+    report_to=[], seed=0, disable_tqdm=True,
+)
+
+
+def arguments(output_dir, **overrides) -> SmartCLIPTrainingArguments:
+    return SmartCLIPTrainingArguments(output_dir=str(output_dir), **{"max_steps": 2, "save_strategy": "no",
+                                                                      **SETTINGS, **overrides})
+
+
+def train(output_dir, model=TINY_MODEL, **overrides) -> dict:
+    return run_training(ModelArguments(**model), DataArguments(**TINY_DATA), arguments(output_dir, **overrides))
+
+
+# A run in a child process whose file writes hit a size limit at a chosen moment: after the checkpoint of step
+# `after_step` (the next checkpoint is then cut short by a real SIGXFSZ kill), or when training ends (the final save
+# then fails with "File too large", as on a full disk).
+CHILD = """
+import json, resource, signal, sys
+from transformers import TrainerCallback
+from smartclip_train.train import DataArguments, ModelArguments, SmartCLIPTrainingArguments, run_training
+
+settings = json.loads(sys.argv[1])
+limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (settings["limit"], resource.RLIM_INFINITY))
+
+class LimitFileSize(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == settings.get("after_step"):
+            limit()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if settings.get("at_train_end"):
+            limit()
+
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+# Python ignores SIGXFSZ, so a write past the limit fails with EFBIG ("File too large", as on a full disk); with the
+# default action, the kernel kills the process in the middle of the write.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN if settings.get("full_disk") else signal.SIG_DFL)
+run_training(ModelArguments(**settings["model"]), DataArguments(**settings["data"]),
+             SmartCLIPTrainingArguments(**settings["training"]), callbacks=[LimitFileSize()])
+"""
+
+
+def run_child(output_dir, model=TINY_MODEL, **settings) -> subprocess.CompletedProcess:
+    training = {"output_dir": str(output_dir), **SETTINGS, **settings.pop("training")}
+    payload = json.dumps({"model": model, "data": TINY_DATA, "training": training, **settings})
+    return subprocess.run([sys.executable, "-c", CHILD, payload], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_used_output_dir_is_refused_unless_overwrite_or_resume(tmp_path, caplog):
+    first = train(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    assert (tmp_path / "checkpoint-2").is_dir()
+    with pytest.raises(ValueError, match=r"--output_dir .* already holds files \(.*checkpoint-2.*\)\. Pass "
+                                         r"--overwrite_output_dir"):
+        train(tmp_path)
+    assert not (tmp_path / LOCK_NAME).exists()  # the refused run released its lock
+
+    with caplog.at_level(logging.WARNING):
+        second = train(tmp_path, overwrite_output_dir=True, seed=1)
+    assert "removing the earlier run's checkpoint-2" in caplog.text
+    assert not (tmp_path / "checkpoint-2").exists()  # a later resume cannot pick up the other run's checkpoint
+    assert second["train"]["train_loss"] != first["train"]["train_loss"]
+
+    with pytest.raises(ValueError, match="no complete checkpoint in .* \\(no checkpoint-N folder\\)"):
+        train(tmp_path, resume_from_checkpoint="last")
+
+
+def test_a_live_run_locks_the_folder_and_a_dead_runs_lock_is_taken_over(tmp_path, caplog):
+    with RunLock(tmp_path):
+        with pytest.raises(ValueError, match=rf"--output_dir {tmp_path} is in use by another run \(pid {os.getpid()} "):
+            train(tmp_path)
+        assert (tmp_path / LOCK_NAME).exists()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = {"pid": int(dead.stdout), "host": socket.gethostname(), "started": "earlier"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(holder))
+    with caplog.at_level(logging.WARNING):
+        train(tmp_path)
+    assert f"Removing the lock of a run that is gone (pid {holder['pid']}" in caplog.text
+    assert (tmp_path / "model.safetensors").is_file() and not (tmp_path / LOCK_NAME).exists()
+
+
+def test_resume_last_skips_a_checkpoint_cut_short_and_says_which_it_used(tmp_path, caplog):
+    schedule = dict(max_steps=4, save_strategy="steps", save_steps=2)
+    train(tmp_path, **schedule)
+    # What a kill while checkpoint-4 is written leaves: the weights cut short, no trainer_state.json yet.
+    partial = tmp_path / "checkpoint-4"
+    (partial / "trainer_state.json").unlink()
+    weights = partial / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level(logging.INFO):
+        resumed = train(tmp_path, resume_from_checkpoint="last", **schedule)
+    assert resumed["resumed_from"] == str(tmp_path / "checkpoint-2")
+    assert "skipped incomplete checkpoint-4: no trainer_state.json" in caplog.text
+    assert json.loads((tmp_path / "trainer_state.json").read_text())["global_step"] == 4
+    assert json.loads((partial / "trainer_state.json").read_text())["global_step"] == 4  # saved again, complete
+    with pytest.raises(ValueError, match="not a complete checkpoint \\(trainer_state.json is of step 4\\)"):
+        os.replace(partial, tmp_path / "checkpoint-6")
+        train(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-6"), **schedule)
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path):
+    schedule = dict(max_steps=4, save_strategy="steps", save_steps=2)
+    killed = run_child(tmp_path, training=schedule, after_step=2, limit=20_000)
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr[-2000:]
+    assert (tmp_path / "checkpoint-4").is_dir() and not (tmp_path / "checkpoint-4" / "trainer_state.json").exists()
+    assert (tmp_path / LOCK_NAME).exists()  # left by the killed run; its pid is gone
+
+    resumed = train(tmp_path, resume_from_checkpoint="last", **schedule)
+    assert resumed["resumed_from"] == str(tmp_path / "checkpoint-2")
+    assert [log["step"] for log in resumed["log_history"] if "loss" in log] == [1, 2, 3, 4]
+    SmartCLIPModel.from_pretrained(tmp_path)  # the final model is whole
+
+
+@pytest.mark.slow
+def test_a_final_save_that_fails_leaves_the_previous_model_whole(tmp_path):
+    train(tmp_path)
+    before = load_file(tmp_path / "model.safetensors")
+    config_before = (tmp_path / "config.json").read_text()
+
+    # Another architecture into the same folder; the disk fills up during its final save.
+    wider = {**TINY_MODEL, "scratch_hidden_size": 64}
+    failed = run_child(tmp_path, model=wider, training={"max_steps": 1, "overwrite_output_dir": True},
+                       at_train_end=True, full_disk=True, limit=20_000)
+    assert failed.returncode == 1 and "File too large" in failed.stderr, failed.stderr[-2000:]
+
+    assert (tmp_path / "config.json").read_text() == config_before
+    after = load_file(tmp_path / "model.safetensors")
+    assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)
+    SmartCLIPModel.from_pretrained(tmp_path)
+    assert not (tmp_path / LOCK_NAME).exists()
