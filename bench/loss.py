@@ -112,7 +112,8 @@ def run(args) -> dict:
                 row(
                     f"loss peak memory, {label}", memory_figure(memory["modular"]), memory_figure(memory["clip"]),
                     MEMORY_GOAL if at_goal else None, **shape, naive_pairwise_mib=naive_mib,
-                    largest_tensor_mib=largest_mib, saved_for_backward_mib={"ours": saved["modular"], "clip": saved["clip"]},
+                    largest_tensor_mib=largest_mib,
+                    saved_for_backward_mib={"ours": saved["modular"], "clip": saved["clip"]},
                     detail=(
                         f"per-pair B*B*D*4 = {naive_mib:,.1f} MiB; largest tensor "
                         f"{'n/a' if largest_mib is None else f'{largest_mib:,.1f}'} MiB; saved for backward "

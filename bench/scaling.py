@@ -1,8 +1,9 @@
 """Question 5: data-parallel scaling. One process vs two (gloo, spawned) on the same global batch: SmartCLIP
 training-step time and the loss agreement.
 
-Each process holds `global_batch / world_size` pairs; the loss is the training plug-in's (`smartclip_train.objectives`,
-which all-gathers the features so every rank computes the global batch's loss) and the model is wrapped in DDP when
+Each process holds `global_batch / world_size` pairs; the loss is the training objective's
+(`smartclip_train.objectives`, which all-gathers the features so every rank computes the global batch's loss, or with `local_loss` its own rows
+against the gathered ones), called as `SmartCLIPTrainer.compute_loss` calls it, and the model is wrapped in DDP when
 there are two processes. Both runs start from the same weights and see the same batch, so the first step's loss and
 gradient must agree up to float summation order; later steps may drift apart as updates amplify those differences.
 
@@ -46,17 +47,23 @@ def _worker(rank: int, world_size: int, port: int, settings: dict, out_path: str
         model.train()
         wrapped = DistributedDataParallel(model) if world_size > 1 else model
         optimizer = torch.optim.AdamW(model.parameters())
-        loss_fn = build_objective("smartclip")
+        loss_fn = build_objective("smartclip", local_loss=settings["local_loss"])
         losses, grad_norms = [], []
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            loss, _ = loss_fn(wrapped, wrapped(**local), local)
+            outputs = wrapped(**local, output_text_masks=loss_fn.needs_text_masks, return_logits=False)
+            loss, _ = loss_fn(wrapped, outputs, local)
+            if settings["local_loss"]:  # each rank's share: the global loss is their mean (logged, not trained)
+                loss_value = loss.detach().clone()
+                dist.all_reduce(loss_value)
+                losses.append(loss_value.item() / world_size)
             loss.backward()  # DDP averages the gradients over ranks here
             grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
             grad_norms.append(torch.cat(grads).norm().item())
             optimizer.step()
-            losses.append(loss.item())
+            if not settings["local_loss"]:
+                losses.append(loss.item())
 
         seconds = time_runs({"step": step}, settings["repeats"], settings["warmup"])["step"]
         if rank == 0:
@@ -66,10 +73,11 @@ def _worker(rank: int, world_size: int, port: int, settings: dict, out_path: str
         dist.destroy_process_group()
 
 
-def spawn_run(world_size: int, settings: dict) -> dict:
+def spawn_run(world_size: int, settings: dict, local_loss: bool = False) -> dict:
     """Runs `world_size` spawned processes; returns rank 0's step time and per-step losses and gradient norms."""
     with tempfile.TemporaryDirectory() as folder:
         out_path = str(Path(folder) / "result.json")
+        settings = {**settings, "local_loss": local_loss}
         mp.spawn(_worker, args=(world_size, free_port(), settings, out_path), nprocs=world_size, join=True)
         return json.loads(Path(out_path).read_text())
 
@@ -92,27 +100,32 @@ def run(args) -> dict:
         raise ValueError(f"global_batch={settings['global_batch']}; expected an even number (two processes share it).")
     print(f"[scaling] {settings}")
     results = {world_size: spawn_run(world_size, settings) for world_size in (1, 2)}
-    seconds = {world_size: Figure(**result["seconds"]) for world_size, result in results.items()}
-    one, two = results[1]["losses"], results[2]["losses"]
-    first_loss = abs(one[0] - two[0])
-    first_grad = abs(results[1]["grad_norms"][0] - results[2]["grad_norms"][0]) / results[1]["grad_norms"][0]
-    largest = max(abs(a - b) for a, b in zip(one, two))
-    rows = [
-        row(
-            f"training step, global batch {settings['global_batch']}, 2 processes vs 1", seconds[2], seconds[1],
-            losses_1_process=one, losses_2_processes=two, first_loss_difference=first_loss,
-            first_grad_norm_relative_difference=first_grad, max_loss_difference=largest,
-            detail=(
-                f"first step: loss difference {first_loss:.1e}, gradient norm relative difference {first_grad:.1e}; "
-                f"largest loss difference over {len(one)} steps {largest:.1e}"
-            ),
+    results["local"] = spawn_run(2, settings, local_loss=True)
+    seconds = {key: Figure(**result["seconds"]) for key, result in results.items()}
+    rows = []
+    for key, label in ((2, "2 processes vs 1"), ("local", "2 processes with local_loss vs 1")):
+        one, two = results[1]["losses"], results[key]["losses"]
+        first_loss = abs(one[0] - two[0])
+        first_grad = abs(results[1]["grad_norms"][0] - results[key]["grad_norms"][0]) / results[1]["grad_norms"][0]
+        largest = max(abs(a - b) for a, b in zip(one, two))
+        rows.append(
+            row(
+                f"training step, global batch {settings['global_batch']}, {label}", seconds[key], seconds[1],
+                losses_1_process=one, losses_2_processes=two, first_loss_difference=first_loss,
+                first_grad_norm_relative_difference=first_grad, max_loss_difference=largest,
+                local_loss=key == "local",
+                detail=(
+                    f"first step: loss difference {first_loss:.1e}, gradient norm relative difference "
+                    f"{first_grad:.1e}; largest loss difference over {len(one)} steps {largest:.1e}"
+                ),
+            )
         )
-    ]
-    print(f"    losses, 1 process: {[round(v, 6) for v in one]}; 2 processes: {[round(v, 6) for v in two]}")
+        print(f"    losses, 1 process: {[round(v, 6) for v in one]}; {label}: {[round(v, 6) for v in two]}")
     notes = [
         f"SmartCLIP, towers {settings['size']}, captions of {settings['text_len']} tokens; {settings['threads']} "
         "torch thread(s) per process, so two processes use twice the cores; ideal ratio 0.5.",
-        "loss: smartclip_train.objectives' 'smartclip' plug-in (features all-gathered with autograd), DDP over 2 ranks; "
+        "loss: smartclip_train.objectives' 'smartclip' objective (features all-gathered with autograd; the second row "
+        "with local_loss=True, whose logged loss is the mean of the ranks' local losses), DDP over 2 ranks; "
         "agreement: the first step (same weights, same global batch) compares the loss and the gradient norm after "
         "DDP's averaging; every later step's loss is listed too (updates can amplify float-order differences, e.g. "
         "when a mask probability sits at the 0.5 threshold).",

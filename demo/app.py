@@ -21,6 +21,7 @@ import io
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,7 +226,10 @@ def mask_figure(masks: np.ndarray, overlap: np.ndarray) -> Image.Image:
 
 def ranking_table(name: str, items: list[str], scores: dict[str, torch.Tensor]) -> dict:
     """A Gradio table of ranked `items`, best first, with one column of cosines per scoring."""
-    rows = [[rank + 1, item, *(round(float(values[rank]), 4) for values in scores.values())] for rank, item in enumerate(items)]
+    rows = [
+        [rank + 1, item, *(round(float(values[rank]), 4) for values in scores.values())]
+        for rank, item in enumerate(items)
+    ]
     return {"headers": ["rank", name, *(f"{s} cos" for s in scores)], "data": rows}
 
 
@@ -244,14 +248,14 @@ def fill_template(template: str | None, labels: list[str]) -> dict[str, str]:
     (`{0.__class__}` would read attributes, `{0:>300000000}` allocate 300 MB). An empty template means `{}`.
     """
     template = (template or "").strip() or LABEL_PLACEHOLDER
-    if LABEL_PLACEHOLDER not in template:
-        raise ValueError(f"The prompt template {template!r} has no '{{}}' where the label goes.")
     rest = template.replace(LABEL_PLACEHOLDER, "")
     if "{" in rest or "}" in rest:
         raise ValueError(
             f"The prompt template {template!r} has braces other than '{{}}'; '{{}}' (where the label goes) is the "
             "only placeholder, with nothing inside it."
         )
+    if LABEL_PLACEHOLDER not in template:
+        raise ValueError(f"The prompt template {template!r} has no '{{}}' where the label goes.")
     return {template.replace(LABEL_PLACEHOLDER, label): label for label in labels}
 
 
@@ -260,9 +264,9 @@ class SmartCLIPCode:
     """What the demo uses of the model's package: the scorings, the scoring dispatch and the retrieval encoders."""
 
     scorings: tuple[str, ...]
-    similarity: object
-    encode_gallery: object
-    encode_texts: object
+    similarity: Callable
+    encode_gallery: Callable
+    encode_texts: Callable
 
     @classmethod
     def installed(cls) -> "SmartCLIPCode | None":
@@ -316,7 +320,9 @@ class SmartCLIPDemo:
     The methods raise `ValueError` with a message for the user on bad input; `build_app` shows it in the UI.
     """
 
-    def __init__(self, model, processor, gallery: Gallery | None = None, source: str = "", code: SmartCLIPCode | None = None):
+    def __init__(
+        self, model, processor, gallery: Gallery | None = None, source: str = "", code: SmartCLIPCode | None = None
+    ):
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -430,7 +436,8 @@ class SmartCLIPDemo:
         k = self.check_ranking(scoring, k)
         caption = (caption or "").strip()
         note = self.truncation_note(self.count_tokens([caption] if caption else []))
-        scores = {s: values[0] for s, values in self.cosines(self.encode_captions([caption]), self.gallery_encoded).items()}
+        scores = self.cosines(self.encode_captions([caption]), self.gallery_encoded)
+        scores = {s: values[0] for s, values in scores.items()}
         top = scores[scoring].topk(min(k, len(gallery.images))).indices.tolist()
         items = [(to_display(gallery.images[i]), f"#{n + 1}  {scores[scoring][i]:.3f}") for n, i in enumerate(top)]
         table = ranking_table("image", [gallery.names[i] for i in top], {s: v[top] for s, v in scores.items()})
@@ -446,9 +453,11 @@ class SmartCLIPDemo:
                 f"No captions to search: put a {CAPTIONS_FILE} (one caption per line) or an imagefolder "
                 f"{METADATA_FILE} in the gallery."
             )
-        scores = {s: values[:, 0] for s, values in self.cosines(self.captions_encoded, self.encode_images([image])).items()}
+        scores = self.cosines(self.captions_encoded, self.encode_images([image]))
+        scores = {s: values[:, 0] for s, values in scores.items()}
         top = scores[scoring].topk(min(k, len(self.gallery.captions))).indices.tolist()
-        table = ranking_table("caption", [self.gallery.captions[i] for i in top], {s: v[top] for s, v in scores.items()})
+        captions = [self.gallery.captions[i] for i in top]
+        table = ranking_table("caption", captions, {s: values[top] for s, values in scores.items()})
         return table, f"Ranked by **{scoring}** scoring among {len(self.gallery.captions)} captions."
 
     def inspect_masks(self, text: str, image: Image.Image | None) -> tuple[Image.Image, dict, dict, str]:
@@ -653,8 +662,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--gallery", metavar="DIR", default=None,
-        help=f"folder of images for retrieval; unreadable files are skipped and counted; an optional {CAPTIONS_FILE} "
-        "holds the captions an image searches (default: the built-in test scenes).",
+        help=f"folder of images for retrieval; unreadable files are skipped and counted; the captions an image "
+        f"searches come from an imagefolder {METADATA_FILE} (read as training reads it) or a {CAPTIONS_FILE}, one per "
+        "line (default: the built-in test scenes).",
     )
     return parser.parse_args(argv)
 

@@ -27,6 +27,7 @@ timings), `results.md` (tables and verdicts), `smartclip/` (a hub-ready SmartCLI
     smartclip-compare --quick              # a smoke test: seconds
 """
 
+import json
 import logging
 import statistics
 import sys
@@ -59,9 +60,9 @@ class CompareArguments:
     probe_train_scenes: int = field(
         default=2000, metadata={"help": "Training scenes whose image embeddings fit the linear probe."}
     )
-    pretrain_steps: int = field(default=1500, metadata={"help": "Stage 1: steps of CLIP on one-object sentences."})
+    pretrain_steps: int = field(default=1200, metadata={"help": "Stage 1: steps of CLIP on one-object sentences."})
     finetune_steps: int = field(default=300, metadata={"help": "Stage 2: steps of each fine-tuning arm."})
-    scratch_steps: int = field(default=600, metadata={"help": "Steps of each from-scratch arm."})
+    scratch_steps: int = field(default=400, metadata={"help": "Steps of each from-scratch arm."})
     batch_size: int = field(default=128, metadata={"help": "Images per step (one caption each)."})
     scratch_learning_rate: float = field(
         default=1e-3, metadata={"help": "Towers' learning rate from scratch (stage 1 and the from-scratch arms)."}
@@ -170,8 +171,9 @@ class Progress:
 
     def begin(self, label: str, steps: int) -> None:
         elapsed = time.monotonic() - self.start
-        eta = f", about {elapsed / self.done_steps * (self.total_steps - self.done_steps) / 60:.1f} min left" if (
-            self.done_steps) else ""
+        eta = ""
+        if self.done_steps:  # from the seconds per step so far, evaluations included
+            eta = f", about {elapsed / self.done_steps * (self.total_steps - self.done_steps) / 60:.1f} min left"
         logger.info("[%d/%d] %s: %d steps (%.1f min elapsed%s)", self.done_arms + 1, self.total_arms, label, steps,
                     elapsed / 60, eta)
 
@@ -241,7 +243,33 @@ def run_seed(args: CompareArguments, seed: int, evaluator: Evaluator, progress: 
     if "scratch" in args.stages:
         for arm in SCRATCH_ARMS:
             runs[f"scratch/{arm.name}"] = train_arm(args, arm, "scratch", seed, None, evaluator, progress)
+    save_results({"settings": seed_settings(args), "runs": runs}, Path(args.output_dir, f"seed{seed}", "runs.json"))
     return runs
+
+
+def seed_settings(args: CompareArguments) -> dict:
+    """The settings that decide one seed's results (not which seeds run, nor where the report goes)."""
+    return {name: value for name, value in asdict(args).items() if name not in ("seeds", "output_dir", "publish")}
+
+
+def saved_seed(args: CompareArguments, seed: int) -> dict[str, dict] | None:
+    """The runs of `seed` if an earlier run with the same settings saved them under `--output_dir`, else None.
+
+    So an interrupted multi-seed run resumes at its first missing seed, and seeds run as separate processes (one
+    `--seeds` each, same `--output_dir`) are summarised by a last call with all of them.
+    """
+    path = Path(args.output_dir, f"seed{seed}", "runs.json")
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved["settings"] != seed_settings(args):
+        differ = sorted(k for k, v in seed_settings(args).items() if saved["settings"].get(k) != v)
+        raise ValueError(
+            f"{path} holds seed {seed} run with other settings ({', '.join(differ)}); delete it or choose another "
+            "--output_dir."
+        )
+    logger.info("seed %d: reusing the runs saved in %s", seed, path)
+    return saved["runs"]
 
 
 # ----- summary over seeds -----------------------------------------------------------------------------------------
@@ -372,10 +400,12 @@ def run_compare(args: CompareArguments) -> dict:
         list(SCRATCH_ARMS) if "scratch" in args.stages else [])
     steps_per_seed = ("finetune" in args.stages) * (args.pretrain_steps + len(FINETUNE_ARMS) * args.finetune_steps) + (
         "scratch" in args.stages) * len(SCRATCH_ARMS) * args.scratch_steps
-    progress = Progress(steps_per_seed * len(args.seed_list), len(arms) * len(args.seed_list))
+    saved = {seed: saved_seed(args, seed) for seed in args.seed_list}
+    missing = [seed for seed, runs in saved.items() if runs is None]
+    progress = Progress(steps_per_seed * len(missing), len(arms) * len(missing))
     start = time.monotonic(), time.process_time()
 
-    runs_by_seed = {seed: run_seed(args, seed, evaluator, progress) for seed in args.seed_list}
+    runs_by_seed = {seed: saved[seed] or run_seed(args, seed, evaluator, progress) for seed in args.seed_list}
 
     # Report: results, tables, verdicts, plots and the hub-ready folder.
     descriptions = {f"finetune/{arm.name}": arm.description for arm in (PRETRAIN, *FINETUNE_ARMS)}
@@ -410,7 +440,8 @@ def run_compare(args: CompareArguments) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Console script `smartclip-compare`."""
-    (args,) = HfArgumentParser(CompareArguments).parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    (args,) = HfArgumentParser(CompareArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()  # keep the Trainer's progress bars, not its metric dumps
     run_compare(args)

@@ -15,7 +15,10 @@ from pathlib import Path
 from modeling_smartclip import SmartCLIPConfig, SmartCLIPModel, SmartCLIPProcessor
 
 # "module.Class" of the classes whose code a pushed folder ships (module = the file name without `.py`).
-OWN_CLASSES = frozenset(f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" for cls in (SmartCLIPConfig, SmartCLIPModel, SmartCLIPProcessor))
+OWN_CLASSES = frozenset(
+    f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+    for cls in (SmartCLIPConfig, SmartCLIPModel, SmartCLIPProcessor)
+)
 
 
 def _is_own(reference, own: frozenset[str], shipped: set[str]) -> bool:

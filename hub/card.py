@@ -1,8 +1,9 @@
 """The model card of a SmartCLIP folder: `model_card_template.md` (package data) filled in from what the run recorded.
 
 `smartclip-push` writes it into the folder it uploads; `write_model_card` writes the same card into a training
-output folder, so that the folder is Hub-ready as it is. Only JSON is read (a results file, `training_args.json`, `trainer_state.json`), never a pickle, and no number goes on
-the card that the run did not write: without a results file the card says so and has no `model-index`.
+output folder, so that the folder is Hub-ready as it is. Only JSON is read (a results file, `training_args.json`,
+`trainer_state.json`), never a pickle, and no number goes on the card that the run did not write: without a results
+file the card says so and has no `model-index`.
 """
 
 import json
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import TrainingArguments
 
 from modeling_smartclip import SmartCLIPConfig
 from modeling_smartclip.configuration_smartclip import SCORINGS
@@ -33,7 +35,9 @@ LOCAL_CHECKPOINT = "a local checkpoint (not published)"
 LOCAL_DATASET = "a local dataset (not published)"
 FROM_SCRATCH = "none (towers trained from scratch)"
 # Words of an argument's name that mark a credential (`hub_token`, `wandb.key`, `aws_access_key_id`).
-SECRET_NAME_WORDS = frozenset({"token", "secret", "password", "passwd", "key", "apikey", "credential", "credentials", "auth"})
+SECRET_NAME_WORDS = frozenset(
+    {"token", "secret", "password", "passwd", "key", "apikey", "credential", "credentials", "auth"}
+)
 # Values that are credentials wherever they appear.
 SECRET_VALUES = tuple(
     re.compile(pattern)
@@ -46,7 +50,8 @@ SECRET_VALUES = tuple(
         r"\b(?:sk|pk|ghp|gho|ghs|glpat|xox[abp])[-_][A-Za-z0-9_-]{16,}",  # OpenAI, GitHub, GitLab, Slack tokens
         # Long key-like strings: 32+ characters of base64's alphabet mixing upper case, lower case and digits ("-"
         # and "_" end a run, so that hyphenated names such as run names are not taken for keys).
-        r"(?<![A-Za-z0-9+/=])(?=[A-Za-z0-9+/=]*[a-z])(?=[A-Za-z0-9+/=]*[A-Z])(?=[A-Za-z0-9+/=]*[0-9])[A-Za-z0-9+/=]{32,}",
+        r"(?<![A-Za-z0-9+/=])(?=[A-Za-z0-9+/=]*[a-z])(?=[A-Za-z0-9+/=]*[A-Z])(?=[A-Za-z0-9+/=]*[0-9])"
+        r"[A-Za-z0-9+/=]{32,}",
     )
 )
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -201,8 +206,6 @@ def looks_secret(key: str, value: object) -> bool:
 
 def _default_training_arguments() -> dict[str, object]:
     """`TrainingArguments().to_sanitized_dict()`: what the card leaves out of the training section as unchanged."""
-    from transformers import TrainingArguments
-
     return TrainingArguments(output_dir="unused", report_to="none").to_sanitized_dict()
 
 

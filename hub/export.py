@@ -60,15 +60,14 @@ def text_encoder_from_smartclip(
 
 
 def export_text_encoder(model_dir: str | Path, out_dir: str | Path, with_projection: bool = False) -> list[str]:
-    """Writes `text_encoder/` and `tokenizer/` of `model_dir` (a SmartCLIP folder or Hub id) into `out_dir`.
+    """Writes `text_encoder/` and `tokenizer/` of `model_dir` (a SmartCLIP folder or Hub id; a CLIP one is converted
+    first, its 77 positions stretched to 248) into `out_dir`.
 
     The checkpoint must load exactly (no missing, unexpected or non-finite weights). Returns the written files,
     relative to `out_dir`.
     """
     out_dir = Path(out_dir)
     model, processor = load_model_and_processor(model_dir, strict=True)
-    if model.config.model_type != "smartclip":
-        raise ValueError(f"{model_dir} is not a SmartCLIP checkpoint.")
     tokenizer = processor.tokenizer
     positions = model.config.text_config.max_position_embeddings
     if tokenizer.model_max_length > positions:

@@ -2,9 +2,10 @@
 
 The folder is never uploaded as is. The model and processor are loaded (safetensors only) and saved again into a
 staging folder, which therefore holds exactly the weights, `config.json` with `auto_map`, the model code (with the
-retrieval helpers the demo's Space uses), the processor and tokenizer files, the card as `README.md` and the plots, and nothing a checkpoint carries besides
-(optimizer and scheduler states, RNG states, the pickled `training_args.bin`, caches). The staging folder goes up in
-one commit, so a failed upload changes nothing on the Hub and a re-run completes it.
+retrieval helpers the demo's Space uses), the processor and tokenizer files, the card as `README.md` and the plots,
+and nothing a checkpoint carries besides (optimizer and scheduler states, RNG states, the pickled
+`training_args.bin`, caches). The staging folder goes up in one commit, so a failed upload changes nothing on the
+Hub and a re-run completes it.
 
 Nothing is staged that the user did not mean to ship: a checkpoint whose weights do not load exactly (missing,
 unexpected or non-finite) is refused, naming them; `auto_map` entries that point at code other than this package's
@@ -90,7 +91,7 @@ def stage_model(
         raise ValueError(f"{source} is not a saved model folder: it has no config.json.")
     model_type = json.loads((source / "config.json").read_text()).get("model_type")
     if model_type != "smartclip":
-        raise ValueError(f"{source} has model_type {model_type!r}; smartclip-push publishes a trained 'smartclip' model.")
+        raise ValueError(f"{source} has model_type {model_type!r}; smartclip-push publishes a 'smartclip' model.")
     if not Path(card_template).is_file():
         raise ValueError(f"Model card template {card_template} not found; pass a Jinja2 model card template.")
     plot_paths = [Path(plot) for plot in plots]
@@ -224,7 +225,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--card_template", type=Path, default=TEMPLATE_PATH,
                         help="Jinja2 model card template (default: the package's model_card_template.md)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help=f"seconds a request may wait to connect or between two bytes; default {DEFAULT_TIMEOUT_S:g}")
+                        help="seconds a request may wait to connect or between two bytes (default "
+                        f"{DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
     return parser
 
@@ -266,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.space:
                 space_dir = Path(staging) / "space"
                 files = stage_space(space_dir, args.repo_id)
-                url = commit_folder(api, space_dir, args.space, "space", private, None, args.commit_message, args.timeout)
+                url = commit_folder(
+                    api, space_dir, args.space, "space", private, None, args.commit_message, args.timeout
+                )
                 print(f"Pushed {len(files)} files to Space {args.space}: {url}")
     except PushError as error:
         print(

@@ -1,12 +1,14 @@
 """SmartCLIP for LAION's CLIP_benchmark and other open_clip-style code: `model.encode_image(pixel_values)`,
 `model.encode_text(token_ids)` returning feature tensors, an image transform and a tokenizer callable.
 
-    from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
+    from clip_benchmark.datasets.builder import build_dataset
+    from clip_benchmark.metrics import zeroshot_classification
     from modeling_smartclip.clip_benchmark import wrap
 
     model_like, transform, tokenizer = wrap(model, processor, scoring="plain")
-    dataset = build_dataset("cifar10", transform=transform, ...)   # CLIP_benchmark's own datasets and loaders
-    zeroshot_classification.evaluate(model_like, dataloader, tokenizer, classnames, templates, "cpu", amp=False)
+    dataset = build_dataset("cifar10", root="data", transform=transform, split="test")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64)
+    zeroshot_classification.evaluate(model_like, loader, tokenizer, dataset.classes, dataset.templates, "cuda")
 
 What each scoring means under CLIP_benchmark. CLIP_benchmark encodes images and captions separately and scores a
 pair by the dot product of the two normalised features (`texts_emb @ images_emb.T`, `image_features @ classifier`).

@@ -100,9 +100,10 @@ class SmartCLIPConfig(CLIPConfig):
             if name in kwargs and kwargs[name] != config_dict.get(name, cls.__dataclass_fields__[name].default)
         }
         if changed:
+            listed = ", ".join(f"{name}: saved {saved!r}, asked {asked!r}" for name, (saved, asked) in changed.items())
             raise ValueError(
                 "The mask head's architecture cannot be overridden when loading a saved SmartCLIP (its weights were "
-                f"built for the saved values): {', '.join(f'{k}: saved {v[0]!r}, asked {v[1]!r}' for k, v in changed.items())}. "
+                f"built for the saved values): {listed}. "
                 "Convert the CLIP checkpoint again with `SmartCLIPModel.from_clip(clip, **head_fields)`."
             )
         loaded = super().from_dict(config_dict, **kwargs)

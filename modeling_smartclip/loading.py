@@ -36,12 +36,15 @@ def check_loaded(model: torch.nn.Module, loading_info: dict, source: str | PathL
         if loading_info.get(key)
     ]
     non_finite = [
-        name for name, tensor in model.state_dict().items() if tensor.is_floating_point() and not tensor.isfinite().all()
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not tensor.isfinite().all()
     ]
     if non_finite:
         problems.append(f"with NaN or infinite values: {_names(non_finite)}")
     if problems:
-        raise ValueError(f"{source}: the checkpoint's weights do not fit the model; weights " + "; weights ".join(problems) + ".")
+        listed = "; weights ".join(problems)
+        raise ValueError(f"{source}: the checkpoint's weights do not fit the model; weights {listed}.")
 
 
 def load_model_and_processor(
@@ -64,7 +67,8 @@ def load_model_and_processor(
         clip, info = CLIPModel.from_pretrained(path, output_loading_info=True)
         if strict:
             check_loaded(clip, info, path)
-        model, processor = SmartCLIPModel.from_clip(clip, **config_overrides), SmartCLIPProcessor.from_clip(processor_path)
+        model = SmartCLIPModel.from_clip(clip, **config_overrides)
+        processor = SmartCLIPProcessor.from_clip(processor_path)
     else:
         raise ValueError(f"{path} has model_type {model_type!r}; expected a 'smartclip' or a 'clip' checkpoint.")
     if strict:

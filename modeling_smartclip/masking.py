@@ -83,46 +83,6 @@ class SmartCLIPMaskHead(nn.Module):
         return mask, probs
 
 
-class _MaskedCosine(torch.autograd.Function):
-    """`S = scale * (U * M) @ I^T * rsqrt(M @ (I * I)^T)`, `U = T / |T|`, for captions `T`, masks `M` `(n_text, D)` and
-    images `I` `(n_image, D)`: `masked_similarity`'s training path. Autograd would keep four `(n_text, n_image)`
-    tensors and four `(n, D)` intermediates for backward; this keeps only the inverse masked norm besides its inputs,
-    and recomputes the rest in backward (one more matmul), in blocks of `BACKWARD_ROWS` captions."""
-
-    @staticmethod
-    def forward(ctx, text_embeds, image_embeds, text_masks, scale):
-        text_norm = text_embeds.norm(dim=-1, keepdim=True)  # (n_text, 1)
-        inverse_norm = (text_masks @ image_embeds.square().T).clamp_min_(EMPTY_MASK_EPS).rsqrt_()  # (n_text, n_image)
-        ctx.save_for_backward(text_embeds, image_embeds, text_masks, scale, text_norm, inverse_norm)
-        return (text_embeds * text_masks * (scale / text_norm) @ image_embeds.T).mul_(inverse_norm)
-
-    @staticmethod
-    def backward(ctx, grad):
-        text_embeds, image_embeds, text_masks, scale, text_norm, inverse_norm = ctx.saved_tensors
-        unit_text, image_squared = text_embeds / text_norm, image_embeds.square()  # (n_text, D), (n_image, D)
-        floor = inverse_norm.new_tensor(EMPTY_MASK_EPS).rsqrt()  # where the clamp held P, P is a constant
-        grad_unit, grad_masks = torch.empty_like(unit_text), torch.empty_like(text_masks)  # (n_text, D)
-        grad_image, grad_squared = torch.zeros_like(image_embeds), torch.zeros_like(image_squared)  # (n_image, D)
-        grad_scale = torch.zeros_like(scale)
-        for start in range(0, len(grad), BACKWARD_ROWS):
-            rows = slice(start, start + BACKWARD_ROWS)
-            masked_unit, inverse = unit_text[rows] * text_masks[rows], inverse_norm[rows]  # (rows, D), (rows, n_image)
-            numerator = masked_unit @ image_embeds.T  # N, recomputed: (rows, n_image)
-            grad_numerator = grad[rows] * inverse  # dS/dN = scale * P^(-1/2), times scale below
-            grad_scale += (grad_numerator * numerator).sum()
-            grad_numerator *= scale
-            grad_norm_sq = numerator.mul_(grad_numerator).mul_(inverse).mul_(inverse).mul_(-0.5)  # dS/dP, in N's memory
-            grad_norm_sq.masked_fill_(inverse >= floor, 0.0)
-            torch.matmul(grad_numerator, image_embeds, out=grad_unit[rows])  # dL/d(U * M)
-            torch.matmul(grad_norm_sq, image_squared, out=grad_masks[rows])
-            grad_image.addmm_(grad_numerator.T, masked_unit)
-            grad_squared.addmm_(grad_norm_sq.T, text_masks[rows])
-        grad_masks += grad_unit * unit_text
-        grad_unit *= text_masks  # dL/dU; through U = T / |T|:
-        grad_text = (grad_unit - (grad_unit * unit_text).sum(-1, keepdim=True) * unit_text) / text_norm
-        return grad_text, grad_image.addcmul_(grad_squared, image_embeds, value=2.0), grad_masks, grad_scale
-
-
 def masked_similarity(
     text_embeds: torch.Tensor,
     image_embeds: torch.Tensor,
@@ -188,6 +148,50 @@ def similarity(
     if scoring == "modular":
         return masked_similarity(text_embeds, image_embeds, text_masks, chunk_size, image_embeds_squared, scale)
     raise ValueError(f"scoring={scoring!r}; expected one of {SCORINGS}.")
+
+
+# ----- masked_similarity's training path ------------------------------------------------------------------------
+
+
+class _MaskedCosine(torch.autograd.Function):
+    """`S = scale * (U * M) @ I^T * rsqrt(M @ (I * I)^T)`, `U = T / |T|`, for captions `T`, masks `M` `(n_text, D)` and
+    images `I` `(n_image, D)`: `masked_similarity`'s training path. Autograd would keep four `(n_text, n_image)`
+    tensors and four `(n, D)` intermediates for backward; this keeps only the inverse masked norm besides its inputs,
+    and recomputes the rest in backward (one more matmul), in blocks of `BACKWARD_ROWS` captions."""
+
+    @staticmethod
+    def forward(ctx, text_embeds, image_embeds, text_masks, scale):
+        text_norm = text_embeds.norm(dim=-1, keepdim=True)  # (n_text, 1)
+        inverse_norm = (text_masks @ image_embeds.square().T).clamp_min_(EMPTY_MASK_EPS).rsqrt_()  # (n_text, n_image)
+        ctx.save_for_backward(text_embeds, image_embeds, text_masks, scale, text_norm, inverse_norm)
+        return (text_embeds * text_masks * (scale / text_norm) @ image_embeds.T).mul_(inverse_norm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        text_embeds, image_embeds, text_masks, scale, text_norm, inverse_norm = ctx.saved_tensors
+        unit_text, image_squared = text_embeds / text_norm, image_embeds.square()  # (n_text, D), (n_image, D)
+        floor = inverse_norm.new_tensor(EMPTY_MASK_EPS).rsqrt()  # where the clamp held P, P is a constant
+        grad_unit, grad_masks = torch.empty_like(unit_text), torch.empty_like(text_masks)  # (n_text, D)
+        grad_image, grad_squared = torch.zeros_like(image_embeds), torch.zeros_like(image_squared)  # (n_image, D)
+        grad_scale = torch.zeros_like(scale)
+        for start in range(0, len(grad), BACKWARD_ROWS):
+            rows = slice(start, start + BACKWARD_ROWS)
+            masked_unit, inverse = unit_text[rows] * text_masks[rows], inverse_norm[rows]  # (rows, D), (rows, n)
+            numerator = masked_unit @ image_embeds.T  # N, recomputed: (rows, n_image)
+            grad_numerator = grad[rows] * inverse  # dS/dN = scale * P^(-1/2), times scale below
+            if ctx.needs_input_grad[3]:
+                grad_scale += (grad_numerator * numerator).sum()
+            grad_numerator *= scale
+            grad_norm_sq = numerator.mul_(grad_numerator).mul_(inverse).mul_(inverse).mul_(-0.5)  # dS/dP, in N's place
+            grad_norm_sq.masked_fill_(inverse >= floor, 0.0)
+            torch.matmul(grad_numerator, image_embeds, out=grad_unit[rows])  # dL/d(U * M)
+            torch.matmul(grad_norm_sq, image_squared, out=grad_masks[rows])
+            grad_image.addmm_(grad_numerator.T, masked_unit)
+            grad_squared.addmm_(grad_norm_sq.T, text_masks[rows])
+        grad_masks += grad_unit * unit_text
+        grad_unit *= text_masks  # dL/dU; through U = T / |T|:
+        grad_text = (grad_unit - (grad_unit * unit_text).sum(-1, keepdim=True) * unit_text) / text_norm
+        return grad_text, grad_image.addcmul_(grad_squared, image_embeds, value=2.0), grad_masks, grad_scale
 
 
 __all__ = ["SmartCLIPMaskHead", "masked_similarity", "similarity"]

@@ -102,8 +102,9 @@ class SmartCLIPPreTrainedModel(CLIPPreTrainedModel):
 
 class SmartCLIPModel(SmartCLIPPreTrainedModel):
     r"""
-    CLIP with a mask head. Inference reads the plain, unit-norm embeddings (`get_text_features`,
-    `get_image_features`) or, with `config.scoring == "modular"`, ranks with the caption's mask.
+    CLIP with a mask head. Inference reads CLIP's features (`get_text_features(...).pooler_output`,
+    `get_image_features(...).pooler_output`, as `CLIPModel`'s) or, with `config.scoring == "modular"`, ranks with
+    the caption's mask (`forward`, `modeling_smartclip.similarity`).
 
     Example:
 
@@ -294,7 +295,8 @@ class SmartCLIPModel(SmartCLIPPreTrainedModel):
             FutureWarning,
             stacklevel=2,
         )
-        return self.logit_scale.exp() * similarity(text_embeds, image_embeds, text_masks, scoring or self.config.scoring)
+        scores = similarity(text_embeds, image_embeds, text_masks, scoring or self.config.scoring)
+        return self.logit_scale.exp() * scores
 
     # ----- forward ------------------------------------------------------------------------------------------------
 

@@ -60,22 +60,24 @@ class SmartCLIPProcessor(ProcessorMixin):
         limit = min(kwargs.pop("max_length", None) or LONG_TEXT_POSITIONS, LONG_TEXT_POSITIONS)
         # One tokenization, one token longer than the limit: a caption that reaches limit + 1 tokens was cut.
         outputs = super().__call__(images=images, text=captions, truncation=True, max_length=limit + 1, **kwargs)
-        lengths = [int(sum(row)) for row in outputs["attention_mask"]] if "attention_mask" in outputs else [
-            len(row) for row in outputs["input_ids"]
-        ]
+        mask = outputs.get("attention_mask")
+        if mask is None:
+            lengths = [len(row) for row in outputs["input_ids"]]
+        else:
+            lengths = mask.sum(-1).tolist() if hasattr(mask, "shape") else [sum(row) for row in mask]
+        for key in ("input_ids", "attention_mask"):  # padding="max_length" pads to limit + 1 too
+            rows = outputs.get(key)
+            if rows is not None:
+                outputs[key] = rows[:, :limit] if hasattr(rows, "shape") else [row[:limit] for row in rows]
         cut = [i for i, length in enumerate(lengths) if length > limit]
-        if not cut:
-            return outputs
-        warnings.warn(
-            f"SmartCLIPProcessor: captions at positions {cut} are longer than {limit} tokens; truncated, keeping the "
-            "end-of-text token.",
-            stacklevel=2,
-        )
-        for key in ("input_ids", "attention_mask") if "attention_mask" in outputs else ("input_ids",):
-            rows = outputs[key]
-            outputs[key] = rows[:, :limit] if hasattr(rows, "shape") else [row[:limit] for row in rows]
         for i in cut:
             outputs["input_ids"][i][limit - 1] = self.tokenizer.eos_token_id
+        if cut:
+            warnings.warn(
+                f"SmartCLIPProcessor: captions at positions {cut} are longer than {limit} tokens; truncated, keeping "
+                "the end-of-text token.",
+                stacklevel=2,
+            )
         return outputs
 
     def to_dict(self) -> dict:

@@ -163,5 +163,6 @@ def search_texts(
 
 
 __all__ = [
-    "EncodedTexts", "ImageGallery", "encode_gallery", "encode_texts", "search_images", "search_texts", "text_image_similarity",
+    "EncodedTexts", "ImageGallery", "encode_gallery", "encode_texts", "search_images", "search_texts",
+    "text_image_similarity",
 ]

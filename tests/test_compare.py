@@ -1,29 +1,84 @@
-"""Smoke test of the one-command demo (`smartclip-compare`) at a tiny setting."""
+"""`smartclip-compare`: the smoke run at a tiny setting, and the summary over seeds on numbers whose answer is known."""
 
 import json
 
 from transformers import AutoModel
 
-from smartclip_experiments.compare import FINETUNE_ARMS, SCRATCH_ARMS, main
+from smartclip_experiments.compare import (
+    COLUMNS,
+    FINETUNE_ARMS,
+    SCRATCH_ARMS,
+    compare_intervals,
+    format_tables,
+    main,
+    summarise,
+    verdicts,
+)
 
 
 def test_compare_quick_run_writes_results_plots_and_a_hub_ready_model(tmp_path, capsys):
     main(["--quick", "--output_dir", str(tmp_path)])
 
     results = json.loads((tmp_path / "results.json").read_text())
-    expected_runs = [f"scratch/{arm[0]}" for arm in SCRATCH_ARMS] + [f"finetune/{arm[0]}" for arm in FINETUNE_ARMS]
-    assert set(expected_runs) <= set(results)
-    for stage_arms, stage in ((SCRATCH_ARMS, "scratch"), (FINETUNE_ARMS, "finetune")):
-        for name, _, _, scorings in stage_arms:
-            run = results[f"{stage}/{name}"]
-            assert [s for s in ("plain", "modular") if s in run] == list(scorings)
-            assert 0.0 <= run["plain"]["scenes_long/t2i_R@1"] <= 1.0
-            assert any("loss" in entry for entry in run["log_history"])
-    assert "scenes/sentence_in_long" in results["finetune/smartclip-union"]["mask_stats"]
+    runs = results["seed0"]
+    expected = ["finetune/pretrained", *(f"finetune/{arm.name}" for arm in FINETUNE_ARMS),
+                *(f"scratch/{arm.name}" for arm in SCRATCH_ARMS)]
+    assert list(runs) == expected
+    for name, run in runs.items():
+        scorings = ("plain", "modular") if name.endswith(("/smartclip", "/smartclip-union")) else ("plain",)
+        assert [s for s in ("plain", "modular") if s in run] == list(scorings), name
+        for scoring in scorings:
+            for _, key in COLUMNS:
+                value = run[scoring][key]
+                assert value is None or 0.0 <= value <= 1.0, (name, key)  # None: no held-out object in 32 scenes
+        assert any("loss" in entry for entry in run["log_history"])
+        assert run["timing"]["wall_s"] > 0
+    assert any("loss_short" in entry for entry in runs["finetune/longclip"]["log_history"])
+    assert "scenes/sentence_in_long" in runs["finetune/smartclip-union"]["mask_stats"]
 
-    table = capsys.readouterr().out
-    assert "scratch/smartclip (modular)" in table and "finetune/random-mask (plain)" in table
+    out = capsys.readouterr().out
+    assert "| Long-CLIP: long caption + first sentence vs PCA image | plain |" in out
+    assert "| SmartCLIP, union head (scratch) | modular |" in out
+    assert "one seed (0): no spread" in out and "1. Direct FT gains long retrieval" in out
+    assert (tmp_path / "results.md").read_text().strip() in out
     for plot in ("training_curves.png", "mask_usage.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = AutoModel.from_pretrained(tmp_path / "smartclip", trust_remote_code=True)
     assert model.config.scoring == "modular" and model.config.mask_pooling == "attention"
+
+
+def _runs(**values_by_run) -> dict:
+    """Per seed, every stage-2 run with `value` as each of its plain metrics (a run not named gets 0.5)."""
+    names = ["pretrained", *(arm.name for arm in FINETUNE_ARMS)]
+    seeds = {}
+    for seed in range(3):
+        seeds[seed] = {
+            f"finetune/{name}": {"plain": {key: values_by_run.get(name, [0.5] * 3)[seed] for _, key in COLUMNS}}
+            for name in names
+        }
+    return seeds
+
+
+def test_intervals_mark_a_difference_only_when_they_do_not_overlap():
+    assert compare_intervals([0.6, 0.7], [0.4, 0.5]) == 1
+    assert compare_intervals([0.1, 0.45], [0.4, 0.5]) == 0
+    assert compare_intervals([0.1, 0.2], [0.4, 0.5]) == -1
+
+    summary = summarise(_runs(pretrained=[0.50, 0.52, 0.48], **{"direct-ft": [0.30, 0.45, 0.40]}))
+    assert summary["finetune/direct-ft"]["plain"][COLUMNS[0][1]] == [0.30, 0.45, 0.40]
+    descriptions = {run: run for run in summary}
+    table = format_tables(summary, descriptions, [0, 1, 2])
+    assert "3 seeds (0, 1, 2): mean [min, max]" in table
+    assert "| finetune/direct-ft | plain | 0.383 [0.30, 0.45] ↓ |" in table
+    assert "| finetune/pretrained | plain | 0.500 [0.48, 0.52] |" in table
+    assert "| finetune/longclip | plain | 0.500 [0.50, 0.50] |" in table  # inside the pretrained interval
+
+
+def test_verdicts_follow_the_intervals():
+    # Direct FT below the pretrained CLIP on everything (long retrieval too): prediction 1 fails on its gain.
+    lines = verdicts(summarise(_runs(pretrained=[0.5, 0.5, 0.5], **{"direct-ft": [0.3, 0.35, 0.4]})))
+    assert lines[0].startswith("1. Direct FT") and "not reproduced" in lines[0] and "long T2I lower" in lines[0]
+    # Long-CLIP above everything, SmartCLIP (paper head) above Long-CLIP: predictions 2 and 3 hold.
+    lines = verdicts(summarise(_runs(longclip=[0.6, 0.65, 0.7], smartclip=[0.8, 0.85, 0.9])))
+    assert ": reproduced" in lines[1] and ": reproduced" in lines[2]
+    assert "union head" in lines[3] and "not reproduced" in lines[3]

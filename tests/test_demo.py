@@ -233,7 +233,7 @@ def test_help_documents_every_option(capsys):
     assert exit_info.value.code == 0
     squeezed = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
     for text in ("--model PATH_OR_REPO_ID", "--host HOST", "--port PORT", "--gallery DIR", "127.0.0.1", "7860",
-                 demo_app.DEFAULT_MODEL_DIR, "smartclip-compare", "captions.txt"):
+                 demo_app.DEFAULT_MODEL_DIR, "smartclip-compare", "captions.txt", "metadata.jsonl"):
         assert "".join(text.split()) in squeezed
 
 
@@ -294,9 +294,9 @@ def test_space_folder_is_complete_and_holds_no_weights_or_secrets(tmp_path, monk
         assert line in [entry.strip() for entry in metadata.splitlines()]
     assert "https://huggingface.co/someone/smartclip-tiny" in readme
 
-    # Every package app.py imports is in requirements.txt (the training package is optional there).
+    # Every package app.py imports is in requirements.txt (the smartclip package is optional there).
     requirements = {re.split("[<>=]", line)[0] for line in (space / "requirements.txt").read_text().split()}
-    needed = third_party_imports((space / "app.py").read_text()) - {"smartclip_data"}
+    needed = third_party_imports((space / "app.py").read_text()) - {"modeling_smartclip", "smartclip_data"}
     assert {"pillow" if name == "PIL" else name for name in needed} <= requirements
     assert {"torch", "transformers", "gradio"} <= requirements
 

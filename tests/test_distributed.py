@@ -36,7 +36,7 @@ def tiny_model_and_batch() -> tuple[SmartCLIPModel, dict]:
     return model, batch
 
 
-def loss_and_grads(model: SmartCLIPModel, loss_name: str, batch: dict, local_loss: bool = False) -> dict[str, torch.Tensor]:
+def loss_and_grads(model: SmartCLIPModel, loss_name: str, batch: dict, local_loss: bool = False) -> dict:
     """One forward and backward through the objective, called as `SmartCLIPTrainer.compute_loss` calls it:
     `{"loss": ..., <param name>: grad, ...}`."""
     model.zero_grad(set_to_none=True)

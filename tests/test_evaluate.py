@@ -275,7 +275,7 @@ def test_builtin_evaluation_generates_no_training_scenes(monkeypatch, clip_dir):
     assert eval_sets[0].texts == list(dict.fromkeys(held_out["long_caption"]))
 
 
-def test_unreadable_images_are_skipped_and_counted(tmp_path, model, processor):
+def test_unreadable_images_are_skipped_and_counted(tmp_path, model, processor, caplog):
     _save_images(tmp_path / "image", ["a.jpg", "b.jpg", "c.jpg"])
     (tmp_path / "image" / "b.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "caption").mkdir()
@@ -290,6 +290,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, model, processor):
     assert results["counts"]["urban1k"] == {"images": 2, "texts": 2, "unreadable_images": 1}
     assert results["counts"]["classes"]["images"] == 2 and results["counts"]["classes"]["unreadable_images"] == 1
     assert results["plain"]["urban1k/image_retrieval_recall@5"] == 1.0
+    assert "skipping unreadable urban1k image 1" in caplog.text
     for stem in "ac":
         (tmp_path / "image" / f"{stem}.jpg").write_bytes(b"")
     with pytest.raises(ValueError, match="none of its 3 images could be read"):

@@ -25,6 +25,7 @@ from transformers import pipeline
 
 from modeling_smartclip import SmartCLIPModel
 from smartclip_hub.card import TEMPLATE_PATH, eval_results, parse_results, write_model_card
+from smartclip_demo.space import write_space_folder
 from smartclip_hub.push import main
 from tests.fresh_process import run_without_package
 from tests.hub_server import HubServer
@@ -138,10 +139,12 @@ def test_push_then_load_by_repo_id_in_a_fresh_process(
     assert "tester/smartclip-tiny" in output.out and TOKEN not in output.out + output.err
 
     images[0].save(tmp_path / "image.png")
+    space = tmp_path / "space"
+    write_space_folder(space, "tester/smartclip-tiny", gallery_size=3)
     before = len(hub.requests)
     remote = run_without_package(
         f"""
-import json, torch
+import importlib.util, json, torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor, pipeline
 repo_id, labels = "tester/smartclip-tiny", {LABELS!r}
@@ -157,12 +160,23 @@ with torch.no_grad():
     logits = model(**processor(text=labels, images=image, return_tensors="pt", padding=True)).logits_per_image
 classifier = pipeline("zero-shot-image-classification", model=repo_id, trust_remote_code=True)
 scores = classifier(image, candidate_labels=labels)
+
+# The Space's copy of the demo: model, encoders and scoring all from the repo's code.
+spec = importlib.util.spec_from_file_location("space_app", {str(space / "app.py")!r})
+app = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(app)
+demo = app.SmartCLIPDemo.from_pretrained(app.default_model_source(), app.load_gallery_folder({str(space / "gallery")!r}))
+_, table, _ = demo.search_images("a large red circle at the top left.", "modular", 3)
 print(json.dumps({{"module": type(model).__module__, "scoring": model.config.scoring, "logits": logits.tolist(),
-                  "pipeline": scores}}))
+                  "pipeline": scores, "space": [demo.code.encode_gallery.__module__, table["headers"], len(table["data"])]}}))
 """,
-        env={"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "fresh_hf_home"), "HF_HUB_OFFLINE": "0"},
+        env={"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "fresh_hf_home"), "HF_HUB_OFFLINE": "0",
+             "SMARTCLIP_MODEL": ""},
     )
     assert remote["module"].startswith("transformers_modules.")  # the code came from the repo, not the package
+    encoder_module, headers, rows = remote["space"]
+    assert encoder_module.startswith("transformers_modules.") and encoder_module.endswith(".retrieval")
+    assert headers == ["rank", "image", "plain cos", "modular cos"] and rows == 3
     assert any(
         method == "GET" and path.startswith("/tester/smartclip-tiny/resolve/") and path.endswith("/model.safetensors")
         for method, path in hub.requests[before:]
@@ -490,16 +504,17 @@ def test_written_card_is_the_one_push_uploads(trained_dir, results_file, tmp_pat
 
 
 def test_model_index_classifies_metrics_by_what_they_measure():
+    # Group names say nothing of the task (a name containing "recall" is not thereby a retrieval metric).
     measurements, _ = parse_results({"modular": {
-        "zeroshot/acc1": 0.5, "zeroshot/acc5": 0.9, "zeroshot/mean_per_class_recall": 0.4, "scenes_atomic/acc": 0.3,
+        "imagenet/acc1": 0.5, "imagenet/acc5": 0.9, "imagenet/mean_per_class_recall": 0.4, "scenes_atomic/acc": 0.3,
         "coco/image_retrieval_recall@5": 0.7, "coco/text_retrieval_recall@1": 0.6, "scenes_long/t2i_R@1": 0.8,
         "scenes/density_long": 0.2,
     }})
     tasks = {r.metric_type: r.task_type for r in eval_results(measurements, None, "scenes")}
     classification, retrieval = "zero-shot-image-classification", "image-text-retrieval"
     assert tasks == {
-        "zeroshot/acc1": classification, "zeroshot/acc5": classification,
-        "zeroshot/mean_per_class_recall": classification, "scenes_atomic/acc": classification,
+        "imagenet/acc1": classification, "imagenet/acc5": classification,
+        "imagenet/mean_per_class_recall": classification, "scenes_atomic/acc": classification,
         "coco/image_retrieval_recall@5": retrieval, "coco/text_retrieval_recall@1": retrieval,
         "scenes_long/t2i_R@1": retrieval, "scenes/density_long": "other",
     }
@@ -574,3 +589,4 @@ def test_a_wheel_carries_the_model_card_template(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         template = archive.read(f"smartclip_hub/{TEMPLATE_PATH.name}")
     assert template == TEMPLATE_PATH.read_bytes()
+

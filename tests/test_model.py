@@ -467,7 +467,8 @@ def test_bad_model_inputs_are_value_errors_naming_the_input(smartclip, batch):
     for bad_id in (vocab_size, -1):
         bad = ids.clone()
         bad[0, 1] = bad_id
-        with pytest.raises(ValueError, match=rf"input_ids holds ids \[{bad_id}\] outside the vocabulary \[0, {vocab_size}\)"):
+        message = rf"input_ids holds ids \[{bad_id}\] outside the vocabulary \[0, {vocab_size}\)"
+        with pytest.raises(ValueError, match=message):
             smartclip(input_ids=bad, attention_mask=mask, pixel_values=pixels)
         with pytest.raises(ValueError, match="outside the vocabulary"):
             smartclip.get_text_features(bad)
@@ -530,12 +531,10 @@ def test_logit_scale_is_clamped_at_ln_100_in_the_loss(clip, batch, loss_type):
     out = model(**batch, return_loss=True)
     out.loss.backward()
     assert model.logit_scale.grad.item() == 0.0  # clamped, as CLIP's clamp: no push further up
-    args = (out.text_embeds, out.image_embeds)
-    torch.testing.assert_close(clip_loss(*args, model.logit_scale), clip_loss(*args, torch.tensor(math.log(100))))
+    args, cap = (out.text_embeds, out.image_embeds), torch.tensor(math.log(100))
+    torch.testing.assert_close(clip_loss(*args, model.logit_scale), clip_loss(*args, cap))
     masks = torch.ones_like(out.text_embeds)
-    torch.testing.assert_close(
-        modular_loss(*args, masks, masks, model.logit_scale), modular_loss(*args, masks, masks, torch.tensor(math.log(100)))
-    )
+    torch.testing.assert_close(modular_loss(*args, masks, masks, model.logit_scale), modular_loss(*args, masks, masks, cap))
 
 
 def naive_linear_in_mask_similarity(text, image, masks, scale):
@@ -565,7 +564,8 @@ def test_training_path_of_masked_similarity_matches_naive_values_and_gradients(m
     weights = torch.randn(6, 5, generator=generator, dtype=torch.float64)
 
     ours = masked_similarity(text, image, masks, scale=scale)
-    torch.testing.assert_close(ours.detach(), 3.0 * naive_masked_similarity(text.detach(), image.detach(), masks.detach()))
+    expected_values = 3.0 * naive_masked_similarity(text.detach(), image.detach(), masks.detach())
+    torch.testing.assert_close(ours.detach(), expected_values)
     grads = torch.autograd.grad((ours * weights).sum(), (text, image, masks, scale))
     naive = naive_linear_in_mask_similarity(text, image, masks, scale)
     expected = torch.autograd.grad((naive * weights).sum(), (text, image, masks, scale))
@@ -635,3 +635,12 @@ def test_score_is_a_deprecated_alias_of_similarity(smartclip, batch):
             scores = smartclip.score(out.text_embeds, out.image_embeds, out.text_masks, "modular")
     expected = smartclip.logit_scale.exp() * similarity(out.text_embeds, out.image_embeds, out.text_masks, "modular")
     torch.testing.assert_close(scores, expected)
+
+
+def test_processor_pads_to_the_asked_length_without_cutting(processor):
+    out = processor(text=["a red circle."], return_tensors="pt", padding="max_length", max_length=77)
+    assert out["input_ids"].shape == (1, 77)
+    with pytest.warns(UserWarning, match=r"positions \[1\] are longer than 248 tokens"):
+        lists = processor(text=["a red circle.", " ".join(["a red circle."] * 100)])
+    assert [len(ids) for ids in lists["input_ids"]] == [len(processor.tokenizer("a red circle.")["input_ids"]), 248]
+    assert lists["input_ids"][1][-1] == processor.tokenizer.eos_token_id

@@ -4,16 +4,21 @@ no token anywhere)."""
 
 import json
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import HfApi
+from huggingface_hub.errors import RepositoryNotFoundError
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import CLIPModel
 
-from smartclip_data.scratch import scratch_processor
+from smartclip_data.scratch import scratch_clip_config, scratch_processor
 from smartclip_train.train import DataArguments, ModelArguments, caption_processor, main, run_training
 from smartclip_train.trainer import image_keys, recall_metrics
 
+from .hub_server import HubServer
 from .test_runs import arguments
 from .test_training import TINY_DATA, TINY_MODEL
 
@@ -72,7 +77,7 @@ def test_run_clip_command_line_trains_evaluates_and_leaves_a_hub_ready_folder(tm
     assert record["model"]["freeze_vision_model"] is True and "token" not in record["model"]
     assert "hub_token" not in record["training"] and record["training"]["learning_rate"] == 5e-3
     card = (output_dir / "README.md").read_text()
-    assert "smartclip" in card.lower() and "0.005" in card
+    assert "0.005" in card and "| `t2i_R@1` |" in card  # the run's arguments and its evaluation
     leaked = [path.name for path in output_dir.rglob("*") if path.is_file() and TOKEN.encode() in path.read_bytes()]
     assert leaked == []
     assert json.loads((output_dir / "tokenizer_config.json").read_text())["model_max_length"] == 248  # not 16
@@ -131,3 +136,35 @@ def test_max_seq_length_truncates_the_collator_captions_only():
     assert processor.tokenizer.model_max_length == 248 and caption_processor(processor, None, 248) is processor
     with pytest.raises(ValueError, match=r"--max_seq_length=300; expected at most 248"):
         caption_processor(processor, 300, positions=248)
+
+
+def test_model_revision_token_and_cache_dir_go_to_the_download_only(tmp_path, clip_dir, processor, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with HubServer(tmp_path / "hub", token=TOKEN) as hub:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        # A private repo: `main` holds the tiny CLIP (projection 16), branch `v2` one with projection 8.
+        api = HfApi(endpoint=hub.url, token=TOKEN)
+        api.create_repo("tester/tiny-clip", private=True)
+        api.upload_folder(repo_id="tester/tiny-clip", folder_path=str(clip_dir))
+        api.create_branch("tester/tiny-clip", branch="v2")
+        v2 = tmp_path / "v2"
+        CLIPModel(scratch_clip_config(processor, hidden_size=32, projection_dim=8, max_position_embeddings=77)).save_pretrained(v2)
+        api.upload_folder(repo_id="tester/tiny-clip", folder_path=str(v2), revision="v2")
+
+        output_dir, cache_dir = tmp_path / "out", tmp_path / "cache"
+        flags = ["--model_name_or_path", "tester/tiny-clip", "--output_dir", str(output_dir), "--max_steps", "1",
+                 "--per_device_train_batch_size", "4", "--num_train_scenes", "4", "--num_test_scenes", "1",
+                 "--use_cpu", "--report_to", "none", "--cache_dir", str(cache_dir), "--model_revision", "v2"]
+        with pytest.raises(RepositoryNotFoundError):  # private: the download needs the token
+            main(flags)
+        main([*flags, "--token", TOKEN])
+
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["projection_dim"] == 8  # the v2 branch
+    assert not {"token", "revision", "cache_dir", "_commit_hash"} & config.keys()
+    assert any(path.name == "model.safetensors" for path in cache_dir.rglob("*"))  # downloaded into --cache_dir
+    leaked = [path.name for path in output_dir.rglob("*") if path.is_file() and TOKEN.encode() in path.read_bytes()]
+    assert leaked == []

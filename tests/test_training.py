@@ -10,7 +10,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from modeling_smartclip import SmartCLIPModel
 from smartclip_train.objectives import OBJECTIVES, build_objective
-from smartclip_train.train import POSITION_EMBEDDING, DataArguments, ModelArguments, run_training
+from smartclip_train.train import POSITION_EMBEDDING, DataArguments, ModelArguments, objective_from_arguments, run_training
 
 
 TINY_MODEL = dict(scratch_hidden_size=32, scratch_num_layers=1, scratch_projection_dim=16, mask_num_attention_heads=4)
@@ -128,3 +128,10 @@ def test_objective_names_and_errors():
         build_objective("siglip")
     with pytest.raises(ValueError, match="density"):
         build_objective("random_mask", density=1.5)
+
+
+@pytest.mark.parametrize("objective", ["smartclip", "clip", "random_mask"])
+def test_local_loss_flag_reaches_the_objective(objective):
+    config = SmartCLIPModel.config_class()
+    assert objective_from_arguments(ModelArguments(objective=objective, local_loss=True), config).local_loss is True
+    assert objective_from_arguments(ModelArguments(objective=objective), config).local_loss is False

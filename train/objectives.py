@@ -64,7 +64,9 @@ class CLIPLoss(TrainingLoss):
             return clip_loss(text_embeds, image_embeds, logit_scale), logs
         all_text_embeds, all_image_embeds = gather_features(outputs.text_embeds, outputs.image_embeds)
         offset = rank_offset(len(outputs.text_embeds), outputs.text_embeds.device)
-        loss = clip_loss(outputs.text_embeds, outputs.image_embeds, logit_scale, all_text_embeds, all_image_embeds, offset)
+        loss = clip_loss(
+            outputs.text_embeds, outputs.image_embeds, logit_scale, all_text_embeds, all_image_embeds, offset
+        )
         return loss, logs
 
 

@@ -47,8 +47,8 @@ def _pid_alive(pid: int) -> bool:
 class RunLock:
     """`output_dir/.smartclip-train.lock` while a run writes into `output_dir` (use as a context manager).
 
-    The lock file holds the owner's pid, host and start time; it is created complete in one step (written under a
-    temporary name, then hard-linked to the lock name, which fails if the lock exists).
+    The lock file is created exclusively (`O_EXCL`) and holds the owner's pid, host and start time. A lock whose
+    owner is gone (same host, no such pid) is taken over; any other lock, an unreadable one included, is an error.
     """
 
     def __init__(self, output_dir: str | os.PathLike):
@@ -56,39 +56,38 @@ class RunLock:
 
     def _holder(self) -> dict | None:
         try:
-            return json.loads(self.path.read_text())
+            holder = json.loads(self.path.read_text())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # being written, or damaged
             return {}
+        return holder if isinstance(holder, dict) else {}
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        temporary = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}")
-        temporary.write_text(json.dumps(record))
-        try:
-            for _ in range(2):  # a second try after removing a dead run's lock
-                try:
-                    os.link(temporary, self.path)
-                    return
-                except FileExistsError:
-                    holder = self._holder()
-                    if holder is None:
-                        continue  # released in between
-                    if holder.get("host") == record["host"] and not _pid_alive(int(holder.get("pid", -1))):
-                        logger.warning("Removing the lock of a run that is gone (pid %s, started %s): %s",
-                                       holder.get("pid"), holder.get("started"), self.path)
-                        self.path.unlink(missing_ok=True)
-                        continue
-                    raise ValueError(
-                        f"--output_dir {self.path.parent} is in use by another run (pid {holder.get('pid', '?')} on "
-                        f"{holder.get('host', '?')}, started {holder.get('started', '?')}); lock file {self.path}. "
-                        "Choose another --output_dir, or delete the lock file if no run is using the folder."
-                    )
-            raise ValueError(f"Could not take the lock {self.path}; delete it if no run is using the folder.")
-        finally:
-            temporary.unlink(missing_ok=True)
+        for _ in range(2):  # a second try after removing a dead run's lock
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:
+                    continue  # released in between
+                pid = holder.get("pid")
+                if holder.get("host") == record["host"] and isinstance(pid, int) and pid > 0 and not _pid_alive(pid):
+                    logger.warning("Removing the lock of a run that is gone (pid %s, started %s): %s",
+                                   pid, holder.get("started"), self.path)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise ValueError(
+                    f"--output_dir {self.path.parent} is in use by another run (pid {pid or '?'} on "
+                    f"{holder.get('host', '?')}, started {holder.get('started', '?')}); lock file {self.path}. "
+                    "Choose another --output_dir, or delete the lock file if no run is using the folder."
+                ) from None
+            with os.fdopen(descriptor, "w") as lock_file:
+                json.dump(record, lock_file)
+            return
+        raise ValueError(f"Could not take the lock {self.path}; delete it if no run is using the folder.")
 
     def release(self) -> None:
         if (self._holder() or {}).get("pid") == os.getpid():

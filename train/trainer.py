@@ -58,7 +58,7 @@ class SmartCLIPTrainer(Trainer):
     turns it off. `save_model` writes to a staging folder and then moves the files in (`run_folder.publish`).
 
     Args:
-        training_loss: the plug-in (`build_loss`).
+        training_loss: the plug-in (`build_objective`).
         mask_learning_rate: learning rate of the mask head's parameters (the towers use `args.learning_rate`).
         no_decay: suffixes of parameter names kept out of weight decay (beyond biases and norms).
     """

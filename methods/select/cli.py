@@ -230,7 +230,7 @@ def cached_scores(folder: Path, name: str, parameters: dict, size: int, compute)
 
 def rows_kept(codes: np.ndarray) -> np.ndarray:
     """Indices of the rows coded `KEPT`: in a status array the usable pairs, in a decision array the kept ones."""
-    return np.concatenate([np.flatnonzero(np.asarray(status[rows]) == KEPT) + rows.start for rows in chunks(len(status))]
+    return np.concatenate([np.flatnonzero(np.asarray(codes[rows]) == KEPT) + rows.start for rows in chunks(len(codes))]
                           or [np.zeros(0, np.int64)])
 
 

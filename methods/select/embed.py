@@ -3,8 +3,8 @@
 A cache is a folder named by a key (the teacher's config and weights, its processor, the data source and the
 caption choice) holding `.npy` files that grow a block at a time, and `manifest.json`, which records how many rows
 are done. Every row of the source gets a row in every array, so row `i` of the cache is row `i` of the source; a row
-whose image cannot be read or whose caption is empty gets zeros and its status (`STATUS_CODES`), and is never
-scored. Each block is appended to the arrays before the manifest counts it, so a run killed at any point resumes
+whose image cannot be read, or whose caption is empty or not text, gets zeros and its status (a `DECISIONS` code),
+and is never scored. Each block is appended to the arrays before the manifest counts it, so a run killed at any point resumes
 from the last counted block (bytes written after it are cut off) and ends with the same arrays as a run that was
 never interrupted.
 
@@ -172,7 +172,7 @@ def embed_block(
     images: list,
     captions: list[str] | None,
 ) -> dict[str, np.ndarray]:
-    """One block of rows as cache arrays; a row whose image fails to decode, or whose caption is empty, is zeros.
+    """One block of rows as cache arrays; a row whose image fails to decode, or without a usable caption, is zeros.
 
     Args:
         images: undecoded image values (anything `load_image` reads).
