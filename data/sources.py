@@ -273,11 +273,11 @@ def _first_bad_utf8_line(paths: list[Path]) -> str | None:
 
 
 def _text_files(args: DataArguments) -> list[Path]:
-    """The local text files a source reads its rows or metadata from: the data files, or an imagefolder's metadata."""
+    """The local text files a source may read rows or metadata from: the data files, or those in its folders."""
     files = [Path(path) for path in (args.train_file, args.validation_file) if path is not None]
     for folder in (args.data_dir, args.dataset_name):
         if folder is not None and Path(folder).is_dir():
-            files += [path for path in Path(folder).rglob("metadata.*") if path.suffix in (".jsonl", ".json", ".csv")]
+            files += sorted(path for path in Path(folder).rglob("*") if path.suffix in (".jsonl", ".json", ".csv"))
     return files
 
 
