@@ -68,10 +68,10 @@ def write_teacher(folder: Path) -> Path:
 
 
 def measured_selection(work: Path, teacher: Path, pool: Path, size: int, batch: int, threads: int) -> dict:
-    """One `smartclip-select --streaming` process on the first `size` pairs: wall seconds, peak RSS and its report."""
+    """One `smartclip-select --streaming` process on the pool: wall seconds, peak RSS and its report."""
     output_dir, rss_file = work / f"select-{size}", work / f"rss-{size}.json"
     argv = ["--teacher", str(teacher), "--output_dir", str(output_dir), "--dataset_name", str(pool),
-            "--caption_column", "caption", "--streaming", "--max_train_samples", str(size), "--fraction", "0.5",
+            "--caption_column", "caption", "--streaming", "--fraction", "0.5",
             "--clip_batch_size", str(batch), "--num_batchings", "1", "--batch_size", "256", "--device", "cpu",
             "--output_format", "parquet", "--progress", "false"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
@@ -87,7 +87,7 @@ def run(args) -> dict:
     device = resolve_device(args.device)
     repeats = args.repeats or (1 if args.quick else 3)
     score_sizes = [2000] if args.quick else args.score_sizes
-    sizes = [500, 2000] if args.quick else args.sizes
+    sizes = [200, 1000] if args.quick else args.sizes
     dim, batch = (32, 512) if args.quick else (args.dim, args.batch)
     rows = []
 
@@ -108,10 +108,11 @@ def run(args) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        teacher, pool = write_teacher(work / "teacher"), write_pool(work / "pool", max(sizes))
+        teacher = write_teacher(work / "teacher")
         memory_batch = min(batch, min(sizes))  # one B for every size: memory may grow with B, never with N
         for size in sizes:
             print(f"[selection] smartclip-select --streaming on {size} pairs (B={memory_batch})", flush=True)
+            pool = write_pool(work / f"pool-{size}", size)
             results[size] = measured_selection(work, teacher, pool, size, memory_batch, args.threads)
     smallest = sizes[0]
     mib = lambda size: Figure(results[size]["peak_rss_mib"], results[size]["peak_rss_mib"],
@@ -130,7 +131,7 @@ def run(args) -> dict:
         "scoring rows: neg_clip_loss on random unit-norm (N, D) float32 arrays, one random batching of "
         "B = min(--batch, N); K batchings cost K times as much, and the cost per pair grows with B * D.",
         f"command rows: smartclip-select --streaming --clip_batch_size {min(batch, min(sizes))} --num_batchings 1 on "
-        "a parquet pool of 32x32 PNGs and one caption each, teacher a random CLIP of the scenes' from-scratch size "
+        "a parquet pool of that many 32x32 PNGs with one caption each (shards of 10,000 rows), teacher a random CLIP of the scenes' from-scratch size "
         "(hidden 64, 2 layers, projection 64); a fresh process per size, peak RSS = ru_maxrss (Python, torch and "
         "the model included). pairs/s = pairs / (embedding + scoring + selection + writing parquet), the stage "
         "times of the run's report (the process's start-up, mostly imports, is left out).",

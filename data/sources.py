@@ -335,6 +335,11 @@ def _column_names(dataset: Dataset | IterableDataset) -> list[str]:
 def _check_columns(args: DataArguments, columns: list[str]) -> tuple[str, str | None, str | None]:
     """`(image_column, long_caption_column, short_captions_column)` of the dataset, each checked."""
     image_column = args.image_column_of(columns)
+    if args.image_column is None and image_column not in columns:
+        raise ValueError(
+            f"No image column: none of {list(IMAGE_COLUMNS)} is a column; set --image_column; available columns: "
+            f"{columns}."
+        )
     long_column, short_column = args.caption_columns(columns)
     if long_column is None and short_column is None:
         raise ValueError(

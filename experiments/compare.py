@@ -43,7 +43,6 @@ from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 from smartclip_data.sources import DataArguments, builtin_scenes
 from smartclip_eval.evaluate import evaluate_model, save_results
 from smartclip_eval.sets import scene_eval_sets
-from smartclip_train.objectives import build_objective
 from smartclip_train.train import ModelArguments, run_training
 
 from .plots import plot_mask_usage, plot_training_curves
@@ -138,12 +137,6 @@ COLUMNS = (
 )
 
 
-def first_sentences(dataset, collator):
-    """Long-CLIP's data step: the collator also delivers each caption's first sentence."""
-    collator.first_sentence = True
-    return dataset, collator
-
-
 class Evaluator:
     """Every metric of one trained arm: `evaluate_model` on the test scenes plus the linear probe."""
 
@@ -211,12 +204,7 @@ def train_arm(args, arm: Arm, stage: str, seed: int, start: str | None, evaluato
     )
     progress.begin(f"seed {seed}, {stage}/{arm.name} ({arm.description})", steps)
     wall, cpu = time.monotonic(), time.process_time()
-    # Long-CLIP takes no lambda weights, so its objective is built here rather than from `--objective`.
-    objective = build_objective("longclip") if arm.objective == "longclip" else None
-    result = run_training(
-        model_args, data_args, training_args, eval_fn=evaluator, objective=objective,
-        data_step=first_sentences if arm.objective == "longclip" else None,
-    )
+    result = run_training(model_args, data_args, training_args, eval_fn=evaluator)
     progress.end(steps)
     timing = {"wall_s": time.monotonic() - wall, "cpu_s": time.process_time() - cpu}
     return {**result["evaluation"], "log_history": result["log_history"], "output_dir": str(output_dir),

@@ -130,6 +130,10 @@ def test_run_clip_data_files_with_image_paths_and_its_default_columns(tmp_path):
     assert len(load_split(args, "validation", DropCounter(), max_samples=1)) == 1
     with pytest.raises(ValueError, match=r"Split 'test' not found in the data files; available: \['train', 'validation'\]"):
         load_split(args, "test", DropCounter())
+    (tmp_path / "no_image.csv").write_text("picture,caption\nx.png,a cat\n")
+    with pytest.raises(ValueError, match=r"No image column: none of \['image', 'image_path'\] is a column; set "
+                                         r"--image_column; available columns: \['picture', 'caption'\]"):
+        load_split(DataArguments(train_file=str(tmp_path / "no_image.csv")), "train", DropCounter())
     with pytest.raises(ValueError, match=r"--train_file='x.parquet'; expected a .csv, .json or .jsonl file"):
         DataArguments(train_file="x.parquet")
     with pytest.raises(ValueError, match="--caption_column='caption' and --long_caption_column='text'"):

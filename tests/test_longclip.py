@@ -1,6 +1,7 @@
 """The Long-CLIP objective: its PCA, its value against a direct computation, its gradients, and two ranks against one
 process."""
 
+import json
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from smartclip_data.scratch import scratch_processor
 from smartclip_train.collator import split_sentences
 from smartclip_train.objectives import LongCLIPLoss, build_objective
+from smartclip_train.train import main as train_main
 
 from .test_distributed import CAPTIONS, PER_RANK, WORLD_SIZE, _free_port, tiny_model_and_batch
 
@@ -145,3 +147,16 @@ def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path):
         assert got.keys() == expected.keys()
         for name, value in expected.items():
             torch.testing.assert_close(got[name], value, rtol=0, atol=1e-5, msg=f"{name} on rank {rank}")
+
+
+def test_smartclip_train_runs_the_longclip_objective(tmp_path):
+    train_main([
+        "--objective", "longclip", "--output_dir", str(tmp_path), "--max_steps", "2", "--logging_steps", "1",
+        "--per_device_train_batch_size", "8", "--num_train_scenes", "16", "--num_test_scenes", "4",
+        "--p_long", "1", "--p_sentence", "0", "--p_short", "0", "--scratch_hidden_size", "32", "--use_cpu",
+        "--report_to", "none", "--save_strategy", "no",
+    ])
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
+    assert all(entry["loss_short"] > 0 and entry["loss_long"] > 0 for entry in history if "loss" in entry)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["scoring"], config["mask_head_trained"]) == ("plain", False)

@@ -1,16 +1,19 @@
 """Output folders lose nothing: a used folder is refused, a concurrent run is locked out, resume skips a checkpoint
-cut short (simulated, and by a real kill while it is written), and a final save that fails (a full disk) leaves the
-previous model whole."""
+cut short (simulated, and by a real kill while it is written), and a final save that fails (a full disk, made real
+with a file-size limit) leaves the previous model whole."""
 
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 
 import pytest
+from safetensors import SafetensorError
+from transformers import TrainerCallback
 
 from modeling_smartclip import SmartCLIPModel
 from smartclip_train.run_folder import LOCK_NAME, RunLock
@@ -33,38 +36,30 @@ def train(output_dir, model=TINY_MODEL, **overrides) -> dict:
     return run_training(ModelArguments(**model), DataArguments(**TINY_DATA), arguments(output_dir, **overrides))
 
 
-# A run in a child process whose file writes hit a size limit at a chosen moment: after the checkpoint of step
-# `after_step` (the next checkpoint is then cut short by a real SIGXFSZ kill), or when training ends (the final save
-# then fails with "File too large", as on a full disk).
+# A run in a child process whose files may not grow past `limit` bytes once the checkpoint of step `after_step` is
+# saved: the kernel kills it (SIGXFSZ) in the middle of writing the next checkpoint.
 CHILD = """
 import json, resource, signal, sys
 from transformers import TrainerCallback
 from smartclip_train.train import DataArguments, ModelArguments, SmartCLIPTrainingArguments, run_training
 
 settings = json.loads(sys.argv[1])
-limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (settings["limit"], resource.RLIM_INFINITY))
 
 class LimitFileSize(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
-        if state.global_step == settings.get("after_step"):
-            limit()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if settings.get("at_train_end"):
-            limit()
+        if state.global_step == settings["after_step"]:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (settings["limit"], resource.RLIM_INFINITY))
 
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-# Python ignores SIGXFSZ, so a write past the limit fails with EFBIG ("File too large", as on a full disk); with the
-# default action, the kernel kills the process in the middle of the write.
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN if settings.get("full_disk") else signal.SIG_DFL)
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it (a write would fail instead): let it kill
 run_training(ModelArguments(**settings["model"]), DataArguments(**settings["data"]),
              SmartCLIPTrainingArguments(**settings["training"]), callbacks=[LimitFileSize()])
 """
 
 
-def run_child(output_dir, model=TINY_MODEL, **settings) -> subprocess.CompletedProcess:
-    training = {"output_dir": str(output_dir), "save_strategy": "no", **SETTINGS, **settings.pop("training")}
-    payload = json.dumps({"model": model, "data": TINY_DATA, "training": training, **settings})
+def run_child(output_dir, training: dict, **settings) -> subprocess.CompletedProcess:
+    training = {"output_dir": str(output_dir), **SETTINGS, **training}
+    payload = json.dumps({"model": TINY_MODEL, "data": TINY_DATA, "training": training, **settings})
     return subprocess.run([sys.executable, "-c", CHILD, payload], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -117,8 +112,8 @@ def test_resume_last_skips_a_checkpoint_cut_short_and_says_which_it_used(tmp_pat
     assert "skipped incomplete checkpoint-4: no trainer_state.json" in caplog.text
     assert json.loads((tmp_path / "trainer_state.json").read_text())["global_step"] == 4
     assert json.loads((partial / "trainer_state.json").read_text())["global_step"] == 4  # saved again, complete
+    os.replace(partial, tmp_path / "checkpoint-6")  # a named checkpoint is checked too
     with pytest.raises(ValueError, match="not a complete checkpoint \\(trainer_state.json is of step 4\\)"):
-        os.replace(partial, tmp_path / "checkpoint-6")
         train(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-6"), **schedule)
 
 
@@ -136,7 +131,20 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(t
     SmartCLIPModel.from_pretrained(tmp_path)  # the final model is whole
 
 
-@pytest.mark.slow
+class DiskFullAtTrainEnd(TrainerCallback):
+    """From the end of training on, no file of this process may grow past `limit` bytes: writes past it fail with
+    "File too large" (EFBIG; Python ignores SIGXFSZ), as on a full disk. `restore()` lifts the limit."""
+
+    def __init__(self, limit: int):
+        self.limit, self.saved = limit, resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.saved[1]))
+
+    def restore(self):
+        resource.setrlimit(resource.RLIMIT_FSIZE, self.saved)
+
+
 def test_a_final_save_that_fails_leaves_the_previous_model_whole(tmp_path):
     train(tmp_path)
     files = lambda: {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
@@ -144,10 +152,13 @@ def test_a_final_save_that_fails_leaves_the_previous_model_whole(tmp_path):
 
     # Another architecture into the same folder; the disk fills up during its final save, after the code files and
     # the config (a few KB each) and in the middle of the weights (hundreds of KB).
-    wider = {**TINY_MODEL, "scratch_hidden_size": 64}
-    failed = run_child(tmp_path, model=wider, training={"max_steps": 1, "overwrite_output_dir": True},
-                       at_train_end=True, full_disk=True, limit=100_000)
-    assert failed.returncode == 1 and "File too large" in failed.stderr, failed.stderr[-2000:]
+    disk_full = DiskFullAtTrainEnd(limit=100_000)
+    try:
+        with pytest.raises((OSError, SafetensorError), match="File too large"):  # in the middle of the weights
+            run_training(ModelArguments(**{**TINY_MODEL, "scratch_hidden_size": 64}), DataArguments(**TINY_DATA),
+                         arguments(tmp_path, max_steps=1, overwrite_output_dir=True), callbacks=[disk_full])
+    finally:
+        disk_full.restore()
 
     after = files()
     assert after.keys() == before.keys() and all(after[name] == before[name] for name in before)

@@ -152,6 +152,7 @@ class LongCLIPLoss(TrainingLoss):
     """
 
     needs_first_sentence = True
+    needs_text_masks = False
 
     def __init__(self, pca_dim: int = 32, label_smoothing: float = 0.1):
         if pca_dim < 1 or not 0.0 <= label_smoothing < 1.0:

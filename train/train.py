@@ -311,7 +311,8 @@ def run_training(
         # Phase 3: model, processor and objective.
         model, processor = load_starting_model(model_args)
         objective = objective or objective_from_arguments(model_args, model.config)
-        prepare_model_for_objective(model, objective)
+        if not evaluate_only:  # evaluation alone scores the starting model as it was saved
+            prepare_model_for_objective(model, objective)
         freeze_towers(model, model_args.freeze_vision_model, model_args.freeze_text_model)
         freeze_position_rows(model, model_args.freeze_first_positions)
 
