@@ -12,6 +12,8 @@ every size, so that only the pool grows; goal: peak memory at the largest pool a
 import io
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,28 +106,36 @@ def run(args) -> dict:
         rows.append(row(f"negCLIPLoss pairs per second, N={size}, B={b}, D={dim}, one batching",
                         seconds.rate(size, "pairs/s"), None, None, pairs=size, clip_batch=b, dim=dim))
 
-    # The whole command, streamed, in a fresh process per pool size.
-    results = {}
+    # The whole command, streamed, in fresh processes: `repeats` runs per pool size (peak RSS varies by tens of MiB
+    # between identical runs: pyarrow's and glibc's allocators keep what they once took).
+    runs = {}
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         teacher = write_teacher(work / "teacher")
         memory_batch = min(batch, min(sizes))  # one B for every size: memory may grow with B, never with N
         for size in sizes:
-            print(f"[selection] smartclip-select --streaming on {size} pairs (B={memory_batch})", flush=True)
+            print(f"[selection] smartclip-select --streaming on {size} pairs (B={memory_batch}), {repeats} runs",
+                  flush=True)
             pool = write_pool(work / f"pool-{size}", size)
-            results[size] = measured_selection(work, teacher, pool, size, memory_batch, args.threads)
+            runs[size] = []
+            for _ in range(repeats):
+                runs[size].append(measured_selection(work, teacher, pool, size, memory_batch, args.threads))
+                shutil.rmtree(work / f"select-{size}")
     smallest = sizes[0]
-    mib = lambda size: Figure(results[size]["peak_rss_mib"], results[size]["peak_rss_mib"],
-                              results[size]["peak_rss_mib"], "MiB", 1)
+    mib = {size: Figure(statistics.median(r["peak_rss_mib"] for r in runs[size]),
+                        min(r["peak_rss_mib"] for r in runs[size]), max(r["peak_rss_mib"] for r in runs[size]),
+                        "MiB", repeats) for size in sizes}
     for size in sizes:
-        stage_seconds = results[size]["report"]["seconds"]
+        stage_seconds = {name: statistics.median(r["report"]["seconds"][name] for r in runs[size])
+                         for name in runs[size][0]["report"]["seconds"]}
         rate = size / sum(stage_seconds.values())
+        process_seconds = statistics.median(r["seconds"] for r in runs[size])
         detail = (f"{rate:,.0f} pairs/s from embedding to written subset ("
                   + ", ".join(f"{name} {value:.1f} s" for name, value in stage_seconds.items())
-                  + f"); process {results[size]['seconds']:.0f} s with start-up")
-        rows.append(row(f"smartclip-select --streaming peak RSS, {size} pairs", mib(size),
-                        mib(smallest) if size != smallest else None, MEMORY_GOAL if size != smallest else None,
-                        pairs=size, seconds=results[size]["seconds"], stage_seconds=stage_seconds,
+                  + f", medians); process {process_seconds:.0f} s with start-up")
+        rows.append(row(f"smartclip-select --streaming peak RSS, {size} pairs", mib[size],
+                        mib[smallest] if size != smallest else None, MEMORY_GOAL if size != smallest else None,
+                        pairs=size, seconds=process_seconds, stage_seconds=stage_seconds,
                         pairs_per_second=rate, detail=detail))
     notes = [
         "scoring rows: neg_clip_loss on random unit-norm (N, D) float32 arrays, one random batching of "

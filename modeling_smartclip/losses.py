@@ -26,20 +26,23 @@ def scale_from_log(logit_scale: torch.Tensor) -> torch.Tensor:
 
 
 def contrastive_loss(
-    logits_per_text: torch.Tensor, logits_per_image: torch.Tensor | None = None, label_offset: int = 0
+    logits_per_text: torch.Tensor, image_columns: torch.Tensor | None = None, label_offset: int = 0
 ) -> torch.Tensor:
-    """Symmetric cross-entropy: `(CE(logits_per_text) + CE(logits_per_image)) / 2`.
+    """Symmetric cross-entropy: `(CE over each caption's row + CE over each image's column) / 2`.
 
     Args:
-        logits_per_text: `(b, B)`, caption i's logits over all images; its positive is image `label_offset + i`.
-        logits_per_image: `(b, B)`, image i's logits over all captions; `None` means `logits_per_text.T` (a square
-            matrix of the whole batch).
+        logits_per_text: `(b, N)`, caption i's logits over the images; its positive is image `label_offset + i`.
+        image_columns: `(N, b)`, every caption's logit for each of the `b` images; image j's positive is caption
+            `label_offset + j`. `None`: the columns of a square `logits_per_text` (the whole batch).
         label_offset: index of the first local row in the gathered batch (the local loss).
+
+    The column softmax runs along dim 0, so no transposed `(N, b)` copy is made.
     """
-    if logits_per_image is None:
-        logits_per_image = logits_per_text.T
-    labels = torch.arange(len(logits_per_text), device=logits_per_text.device) + label_offset
-    return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_image, labels)) / 2
+    columns = logits_per_text if image_columns is None else image_columns
+    labels = torch.arange(len(logits_per_text), device=logits_per_text.device) + label_offset  # (b,)
+    loss_text = F.cross_entropy(logits_per_text, labels)
+    loss_image = -columns.log_softmax(dim=0)[labels, torch.arange(columns.shape[1], device=columns.device)].mean()
+    return (loss_text + loss_image) / 2
 
 
 def clip_loss(
@@ -59,8 +62,8 @@ def clip_loss(
     if all_text_embeds is None:
         return contrastive_loss((scale * text_embeds) @ image_embeds.T)  # scale on the (B, D) side
     logits_per_text = (scale * text_embeds) @ all_image_embeds.T  # (b, B)
-    logits_per_image = (scale * image_embeds) @ all_text_embeds.T  # (b, B)
-    return contrastive_loss(logits_per_text, logits_per_image, label_offset)
+    image_columns = (scale * all_text_embeds) @ image_embeds.T  # (B, b)
+    return contrastive_loss(logits_per_text, image_columns, label_offset)
 
 
 def modular_loss(
@@ -89,8 +92,8 @@ def modular_loss(
         align = contrastive_loss(masked_similarity(text_embeds, image_embeds, text_masks, scale=scale))
     else:
         logits_per_text = masked_similarity(text_embeds, all_image_embeds, text_masks, scale=scale)  # (b, B)
-        logits_per_image = masked_similarity(all_text_embeds, image_embeds, all_text_masks, scale=scale).T  # (b, B)
-        align = contrastive_loss(logits_per_text, logits_per_image, label_offset)
+        image_columns = masked_similarity(all_text_embeds, image_embeds, all_text_masks, scale=scale)  # (B, b)
+        align = contrastive_loss(logits_per_text, image_columns, label_offset)
     return lambda_align * align + lambda_sparsity * text_mask_probs.mean()
 
 

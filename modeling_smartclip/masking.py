@@ -13,8 +13,8 @@ from .configuration_smartclip import SCORINGS, SmartCLIPConfig
 
 # Floor of a masked image's squared norm: an all-zero mask scores 0 with a finite gradient (not 1e18).
 EMPTY_MASK_EPS = 1e-6
-# Caption rows per block in the masked similarity's backward: bounds its temporaries to (1024, n_image).
-BACKWARD_ROWS = 1024
+# Caption rows per block in the masked similarity's backward: bounds its temporaries to (512, n_image).
+BACKWARD_ROWS = 512
 
 
 class SmartCLIPMaskHead(nn.Module):
@@ -169,18 +169,19 @@ class _MaskedCosine(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         text_embeds, image_embeds, text_masks, scale, text_norm, inverse_norm = ctx.saved_tensors
-        unit_text, image_squared = text_embeds / text_norm, image_embeds.square()  # (n_text, D), (n_image, D)
+        image_squared = image_embeds.square()  # (n_image, D)
         floor = inverse_norm.new_tensor(EMPTY_MASK_EPS).rsqrt()  # where the clamp held P, P is a constant
-        grad_unit, grad_masks = torch.empty_like(unit_text), torch.empty_like(text_masks)  # (n_text, D)
+        grad_unit, grad_masks = torch.empty_like(text_embeds), torch.empty_like(text_masks)  # (n_text, D)
         grad_image, grad_squared = torch.zeros_like(image_embeds), torch.zeros_like(image_squared)  # (n_image, D)
         grad_scale = torch.zeros_like(scale)
         for start in range(0, len(grad), BACKWARD_ROWS):
             rows = slice(start, start + BACKWARD_ROWS)
-            masked_unit, inverse = unit_text[rows] * text_masks[rows], inverse_norm[rows]  # (rows, D), (rows, n)
+            masked_unit = text_embeds[rows] * text_masks[rows] / text_norm[rows]  # U * M: (rows, D)
+            inverse = inverse_norm[rows]  # (rows, n_image)
             numerator = masked_unit @ image_embeds.T  # N, recomputed: (rows, n_image)
             grad_numerator = grad[rows] * inverse  # dS/dN = scale * P^(-1/2), times scale below
             if ctx.needs_input_grad[3]:
-                grad_scale += (grad_numerator * numerator).sum()
+                grad_scale += torch.dot(grad_numerator.view(-1), numerator.view(-1))
             grad_numerator *= scale
             grad_norm_sq = numerator.mul_(grad_numerator).mul_(inverse).mul_(inverse).mul_(-0.5)  # dS/dP, in N's place
             grad_norm_sq.masked_fill_(inverse >= floor, 0.0)
@@ -188,9 +189,12 @@ class _MaskedCosine(torch.autograd.Function):
             torch.matmul(grad_norm_sq, image_squared, out=grad_masks[rows])
             grad_image.addmm_(grad_numerator.T, masked_unit)
             grad_squared.addmm_(grad_norm_sq.T, text_masks[rows])
-        grad_masks += grad_unit * unit_text
-        grad_unit *= text_masks  # dL/dU; through U = T / |T|:
-        grad_text = (grad_unit - (grad_unit * unit_text).sum(-1, keepdim=True) * unit_text) / text_norm
+        # In place from here on: at n_text = 4096 each (n_text, D) temporary would be a tenth of the peak.
+        unit_text = text_embeds / text_norm  # (n_text, D), made after the blocks' temporaries are gone
+        grad_masks.addcmul_(grad_unit, unit_text)
+        grad_unit.mul_(text_masks)  # dL/dU; through U = T / |T|: (g - (g . U) U) / |T|
+        along_unit = torch.bmm(grad_unit.unsqueeze(1), unit_text.unsqueeze(2)).squeeze(2)  # (n_text, 1)
+        grad_text = grad_unit.addcmul_(unit_text, along_unit, value=-1.0).div_(text_norm)
         return grad_text, grad_image.addcmul_(grad_squared, image_embeds, value=2.0), grad_masks, grad_scale
 
 

@@ -644,3 +644,33 @@ def test_processor_pads_to_the_asked_length_without_cutting(processor):
         lists = processor(text=["a red circle.", " ".join(["a red circle."] * 100)])
     assert [len(ids) for ids in lists["input_ids"]] == [len(processor.tokenizer("a red circle.")["input_ids"]), 248]
     assert lists["input_ids"][1][-1] == processor.tokenizer.eos_token_id
+
+
+def test_local_losses_of_the_ranks_average_to_the_global_loss_with_its_gradients():
+    """In one process: two 'ranks' of 3 rows each, scored against the whole batch, give the global loss."""
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand(6, 8, generator=generator, dtype=torch.float64)
+    leaves = [
+        torch.randn(6, 8, generator=generator, dtype=torch.float64).requires_grad_(),
+        torch.randn(6, 8, generator=generator, dtype=torch.float64).requires_grad_(),
+        (probs > 0.5).double().requires_grad_(),
+        probs.requires_grad_(),
+        torch.tensor(2.0, dtype=torch.float64, requires_grad=True),
+    ]
+    text, image, masks, probs, scale = leaves
+    for name in ("clip", "modular"):
+        if name == "clip":
+            global_loss = clip_loss(text, image, scale)
+            local = [clip_loss(text[r], image[r], scale, text, image, r.start) for r in (slice(0, 3), slice(3, 6))]
+        else:
+            global_loss = modular_loss(text, image, masks, probs, scale)
+            local = [
+                modular_loss(text[r], image[r], masks[r], probs[r], scale, 1.0, 0.01, text, image, masks, r.start)
+                for r in (slice(0, 3), slice(3, 6))
+            ]
+        averaged = (local[0] + local[1]) / 2
+        torch.testing.assert_close(averaged, global_loss, msg=name)
+        for got, want in zip(torch.autograd.grad(averaged, leaves, allow_unused=True),
+                             torch.autograd.grad(global_loss, leaves, allow_unused=True)):
+            if want is not None:
+                torch.testing.assert_close(got, want, msg=name)
