@@ -304,7 +304,7 @@ def model_outputs(clip_dir, batch, **overrides):
     torch.manual_seed(0)
     model = SmartCLIPModel.from_clip(clip_dir, **overrides).train()
     inputs = {key: batch[key] for key in ("input_ids", "pixel_values", "attention_mask")}
-    outputs = model(**inputs)
+    outputs = model(**inputs, output_text_masks=True)  # as SmartCLIPTrainer runs it for an objective that reads masks
     return model, outputs
 
 
