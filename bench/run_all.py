@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .common import BENCH_DIR, fix_threads, machine_line, markdown, write_json
 
-BENCHMARKS = ("train_step", "loss", "inference", "text_length", "scaling", "accuracy", "retrieval")
+BENCHMARKS = ("train_step", "loss", "inference", "text_length", "scaling", "accuracy", "retrieval", "selection")
 
 
 def arguments() -> argparse.ArgumentParser:

@@ -326,13 +326,14 @@ def load_source(args: DataArguments, split: str, **hub_kwargs) -> Dataset | Iter
     return splits[split].to_iterable_dataset() if args.streaming else splits[split]
 
 
-def _column_names(dataset: Dataset | IterableDataset) -> list[str]:
+def column_names(dataset: Dataset | IterableDataset) -> list[str]:
+    """The dataset's columns; a stream without declared features is asked for its first row."""
     if dataset.column_names is not None:
         return list(dataset.column_names)
     return list(next(iter(dataset)))  # a stream with unknown features: read its first row
 
 
-def _check_columns(args: DataArguments, columns: list[str]) -> tuple[str, str | None, str | None]:
+def check_columns(args: DataArguments, columns: list[str]) -> tuple[str, str | None, str | None]:
     """`(image_column, long_caption_column, short_captions_column)` of the dataset, each checked."""
     image_column = args.image_column_of(columns)
     if args.image_column is None and image_column not in columns:
@@ -367,8 +368,8 @@ def load_split(
     """One split with columns `image`, `long_caption`, `short_captions`; dropped rows are counted in `drops`.
     A non-streamed split left with no row is a `ValueError` giving the counts. `hub_kwargs` go to `load_dataset`."""
     dataset = load_source(args, split, **hub_kwargs)
-    columns = _column_names(dataset)
-    image_column, long_column, short_column = _check_columns(args, columns)
+    columns = column_names(dataset)
+    image_column, long_column, short_column = check_columns(args, columns)
     if isinstance((dataset.features or {}).get(image_column), ImageFeature):
         # Decode in our own code, where a corrupt file is caught, not inside `datasets`' row access.
         dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
@@ -409,6 +410,8 @@ __all__ = [
     "IMAGE",
     "LONG_CAPTION",
     "SHORT_CAPTIONS",
+    "check_columns",
+    "column_names",
     "builtin_scenes",
     "clean_captions",
     "drop_reason",

@@ -13,7 +13,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
-BENCHMARKS = ("train_step", "loss", "inference", "text_length", "scaling", "accuracy", "retrieval")
+BENCHMARKS = ("train_step", "loss", "inference", "text_length", "scaling", "accuracy", "retrieval", "selection")
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from transformers import HfArgumentParser
 
 from modeling_smartclip.configuration_smartclip import SCORINGS
 from modeling_smartclip.loading import load_model_and_processor
-from smartclip_data.sources import DataArguments, _check_columns, _column_names, load_source
+from smartclip_data.sources import DataArguments, check_columns, column_names, load_source
 
 from .embed import CAPTIONS, EmbeddingCache, embed_rows, fingerprint, pair_caption, teacher_fingerprint
 from .report import histograms, summary
@@ -128,7 +128,7 @@ def open_pool(data_args: DataArguments, split: str, max_samples: int | None):
     """`(dataset, image_column, long_caption_column, short_captions_column)`: the raw split with all its columns,
     images left undecoded (a corrupt file is caught where it is read), limited to its first `max_samples` rows."""
     dataset = load_source(data_args, split)
-    image_column, long_column, short_column = _check_columns(data_args, _column_names(dataset))
+    image_column, long_column, short_column = check_columns(data_args, column_names(dataset))
     return _undecoded_head(dataset, image_column, max_samples), image_column, long_column, short_column
 
 
@@ -178,7 +178,7 @@ def target_source(args: SelectArguments, data_args: DataArguments) -> tuple[Data
         )
     target_args = dataclasses.replace(target_args, image_column=args.target_image_column or target_args.image_column)
     dataset = load_source(target_args, args.target_split)
-    columns = _column_names(dataset)
+    columns = column_names(dataset)
     image_column = target_args.image_column_of(columns)
     if image_column not in columns:
         raise ValueError(
