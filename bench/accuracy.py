@@ -1,4 +1,4 @@
-"""Question 6: accuracy per unit of compute. The one-command demo's SmartCLIP and CLIP runs, metric vs training step.
+"""Accuracy per unit of compute. The one-command demo's SmartCLIP and CLIP runs, metric vs training step.
 
 Reads `outputs/compare/results.json` (written by `smartclip-compare`: one entry per arm, e.g. `scratch/clip`, with the
 Trainer's `log_history` and the final evaluation under each scoring, `plain` and `modular`) and writes PNGs:
@@ -8,7 +8,7 @@ Trainer's `log_history` and the final evaluation under each scoring, `plain` and
 - `accuracy_final.png`: the headline test metrics of each arm at its last step, per scoring.
 
 Every arm of a stage trains the same towers on the same batches for the same steps, so a step is the same compute up to
-the training-step ratio of question 1 (`train_step.py`). Without the results file the benchmark says so and skips.
+the training-step ratio of `train_step.py`. Without the results file the benchmark says so and skips.
 
     python -m bench.accuracy [--results outputs/compare/results.json] [--plots bench/out]
 """

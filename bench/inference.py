@@ -1,5 +1,5 @@
-"""Question 3: inference throughput. `get_image_features` images/s, `get_text_features` texts/s and the zero-shot
-pipeline's images/s, SmartCLIP vs `CLIPModel` (identical towers). Goals (issue 18): features >= 0.95; pipeline
+"""Inference throughput. `get_image_features` images/s, `get_text_features` texts/s and the zero-shot
+pipeline's images/s, SmartCLIP vs `CLIPModel` (identical towers). Goals: features >= 0.95; pipeline
 >= 0.98 under plain scoring (`forward` skips the mask head there) and >= 0.93 under modular scoring.
 
 The pipeline runs SmartCLIP's `forward`, which reads the configured scoring; both scorings are measured.

@@ -1,7 +1,7 @@
-"""Question 2: the loss alone. `modular_loss` vs `clip_loss`, forward + backward: time and peak memory; and the
+"""The loss alone. `modular_loss` vs `clip_loss`, forward + backward: time and peak memory; and the
 local loss (open_clip's `local_loss`) on one of 2 ranks vs the global loss.
 
-Goals (issue 18): at B=4096, peak memory <= 1.35x CLIP's and time <= 2x, and no `(B, B, D)` tensor anywhere (the
+Goals: at B=4096, peak memory <= 1.35x CLIP's and time <= 2x, and no `(B, B, D)` tensor anywhere (the
 per-pair form `cos(I_b * M_a, T_a)` built directly would hold `B*B*D*4` bytes; the table shows that figure next to
 the largest tensor the modular loss really allocates); per-rank loss memory with the local loss at 2 ranks x B/2
 <= 0.6x the global loss's.

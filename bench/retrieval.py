@@ -1,7 +1,7 @@
-"""Question 7 (issue 10): ranking 1,000 captions against 100,000 image embeddings (D = 512), modular vs plain scoring.
+"""Ranking 1,000 captions against 100,000 image embeddings (D = 512), modular vs plain scoring.
 
 Both go through the package's retrieval helper (`search_images`: similarities, then the top 10 per caption), plain
-scoring as one matrix product, modular as two per block of `--chunk` captions. Goal (issue 18): time of modular
+scoring as one matrix product, modular as two per block of `--chunk` captions. Goal: time of modular
 scoring at most 2x plain's (peak memory is shown against the same bound).
 
     python -m bench.retrieval [--texts 1000] [--images 100000] [--dim 512] [--chunk 1024] [--quick]

@@ -28,7 +28,7 @@ def arguments() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="benchmarks to run")
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where results.json and results.md go")
-    p.add_argument("--results", type=Path, default=None, help="smartclip-compare's results JSON (question 6)")
+    p.add_argument("--results", type=Path, default=None, help="smartclip-compare's results JSON (for accuracy.py)")
     return p
 
 

@@ -1,4 +1,4 @@
-"""Question 5: data-parallel scaling. One process vs two (gloo, spawned) on the same global batch: SmartCLIP
+"""Data-parallel scaling. One process vs two (gloo, spawned) on the same global batch: SmartCLIP
 training-step time and the loss agreement.
 
 Each process holds `global_batch / world_size` pairs; the loss is the training objective's

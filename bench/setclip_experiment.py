@@ -1,4 +1,4 @@
-"""Issue 7: does Set-CLIP's use of unpaired data help when few pairs are known?
+"""Does Set-CLIP's use of unpaired data help when few pairs are known?
 
 For each share of known pairs (5%, 20%, 100% of the built-in scenes' training split), two runs with the same seed,
 steps, batch size and supervised term (fixed temperature 0.05, `--setclip_base`):

@@ -1,4 +1,4 @@
-"""Question 4: what Long-CLIP-style positions cost. SmartCLIP texts/s at 248 tokens vs 77 tokens.
+"""What Long-CLIP-style positions cost. SmartCLIP texts/s at 248 tokens vs 77 tokens.
 
 Measured for `get_text_features` (the text tower) and `encode_text` (tower + mask head), on captions that fill every
 position (no padding). No goal: the ratio is what a caption of 248 tokens costs next to one of CLIP's 77.

@@ -1,9 +1,9 @@
-"""Question 1: what does a SmartCLIP training step cost next to a CLIP one?
+"""What does a SmartCLIP training step cost next to a CLIP one?
 
 One step = zero the gradients, forward, loss, backward, AdamW step. SmartCLIP's step is `SmartCLIPTrainer`'s: a
 forward without logits (`return_logits=False`, `output_text_masks=True`) and the `smartclip` objective; a second row
 times `forward(return_loss=True)`. `CLIPModel` runs `forward(return_loss=True)`; towers, weights and inputs are
-identical. Goal (issue 18): time ratio <= 1.05 at batches 64 and 256.
+identical. Goal: time ratio <= 1.05 at batches 64 and 256.
 
     python -m bench.train_step [--size mid] [--batch 64 256] [--quick]
 """

@@ -7,9 +7,9 @@ in training, so a model that entangles concepts (learns "red circle" instead of 
 the atomic-concept probe.
 
 Why this design: a long caption that names every object is what makes CLIP entangle concepts, and one-object
-sentences are the short captions whose concepts CLIP loses when it only sees some of them (see
-`../shared/reference/miniature_findings.md`, whose measured setting this follows: 32x32, 2x2 slots, 4 shapes x 4
-colours; we add size and small jitter in position, scale and shade so no two objects render alike).
+sentences are the short captions whose concepts CLIP loses when it only sees some of them. The setting (32x32, 2x2
+slots, 4 shapes x 4 colours) is the smallest where a CLIP fine-tuned on long captions alone measurably forgets
+one-object concepts; we add size and small jitter in position, scale and shade so no two objects render alike.
 """
 
 import itertools

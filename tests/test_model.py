@@ -1,4 +1,4 @@
-"""The model package: conversion from CLIP, the mask head, the modular loss, inputs, saving (issues 3, 10, 11)."""
+"""The model package: conversion from CLIP, the mask head, the modular loss, inputs, saving."""
 
 import json
 import math
@@ -318,7 +318,7 @@ def test_an_empty_mask_scores_zero_with_a_finite_gradient():
     assert torch.isfinite(masks.grad).all() and masks.grad.abs().max() < 1e4
 
 
-# ----- the transformers model contract (issue 15, section 1) -------------------------------------------------------
+# ----- the transformers model contract: SmartCLIPModel behaves as CLIPModel -------------------------------------------------------
 
 
 def test_return_dict_false_returns_a_tuple_as_clip_does(clip, smartclip, batch):
@@ -515,7 +515,7 @@ def test_processor_without_model_max_length_does_not_overflow(tmp_path, processo
     assert out["input_ids"].shape == (1, 248)
 
 
-# ----- logit scale, lean masked similarity, skipped head (issue 18) -------------------------------------------------
+# ----- logit scale, lean masked similarity, skipped head -------------------------------------------------
 
 
 @pytest.mark.parametrize("loss_type", ["smartclip", "clip"])

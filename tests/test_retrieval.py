@@ -1,4 +1,4 @@
-"""The retrieval helper ranks like brute force under both scorings (issue 10)."""
+"""The retrieval helper ranks like brute force under both scorings."""
 
 import pytest
 import torch

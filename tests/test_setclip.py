@@ -1,4 +1,4 @@
-"""Set-CLIP losses and data step (issue 7): each term against a plain loop, the plug-in on a tiny model, the batches."""
+"""Set-CLIP losses and data step: each term against a plain loop, the plug-in on a tiny model, the batches."""
 
 import math
 
