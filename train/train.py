@@ -392,16 +392,22 @@ def run_training(
     }
 
 
-def parse_args(argv: list[str] | None = None, extra_arguments: tuple[type, ...] = ()) -> tuple:
-    """`(ModelArguments, DataArguments, SmartCLIPTrainingArguments, *extra)` from command-line flags or a single
-    `.json` / `.yaml` file holding them; `extra_arguments` are a related method's own dataclasses."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, SmartCLIPTrainingArguments, *extra_arguments))
+def parse_flags_or_file(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple:
+    """One instance of each `HfArgumentParser` dataclass, from command-line flags or a single `.json` / `.yaml`
+    file holding them."""
+    parser = HfArgumentParser(dataclass_types)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(argv[0])
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
         return parser.parse_yaml_file(argv[0])
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def parse_args(argv: list[str] | None = None, extra_arguments: tuple[type, ...] = ()) -> tuple:
+    """`(ModelArguments, DataArguments, SmartCLIPTrainingArguments, *extra)`; `extra_arguments` are a related
+    method's own dataclasses."""
+    return parse_flags_or_file((ModelArguments, DataArguments, SmartCLIPTrainingArguments, *extra_arguments), argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -437,6 +443,7 @@ __all__ = [
     "main",
     "objective_from_arguments",
     "parse_args",
+    "parse_flags_or_file",
     "prepare_model_for_objective",
     "run_training",
     "set_up_logging",

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,11 +33,11 @@ import torch
 from datasets import Dataset, IterableDataset, Value
 from datasets import Image as ImageFeature
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
 from modeling_smartclip.configuration_smartclip import SCORINGS
 from modeling_smartclip.loading import load_model_and_processor
 from smartclip_data.sources import DataArguments, check_columns, column_names, load_source
+from smartclip_train.train import parse_flags_or_file
 
 from .embed import CAPTIONS, EmbeddingCache, embed_rows, fingerprint, pair_caption, teacher_fingerprint
 from .report import histograms, summary
@@ -412,13 +411,7 @@ def run_selection(args: SelectArguments, data_args: DataArguments, on_block=None
 
 def parse_args(argv: list[str] | None = None) -> tuple[SelectArguments, DataArguments]:
     """`(SelectArguments, DataArguments)` from flags, or from one `.json` / `.yaml` file holding them."""
-    parser = HfArgumentParser((SelectArguments, DataArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_flags_or_file((SelectArguments, DataArguments), argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
