@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 from datasets import get_dataset_split_names
 from huggingface_hub import hf_hub_download
-from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 from transformers import CLIPModel
 
@@ -424,28 +423,10 @@ def describe_model(path: str) -> dict[str, str]:
     return {"path": str(path), "config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest()}
 
 
-def load_checkpoint(path: str) -> tuple[SmartCLIPModel, SmartCLIPProcessor]:
-    """`load_model_and_processor(path)`, with a corrupt safetensors file reported as a `ValueError` naming it."""
-    try:
-        return load_model_and_processor(path)
-    except SafetensorError as error:
-        files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
-        corrupt = next((file for file in files if not _readable_safetensors(file)), path)
-        raise ValueError(f"{corrupt} is not a readable safetensors file ({error}).") from error
-
-
-def _readable_safetensors(file: Path) -> bool:
-    try:
-        with safe_open(file, framework="pt"):  # checks the header against the file's size
-            return True
-    except SafetensorError:
-        return False
-
-
 def run(argv: Sequence[str] | None = None) -> dict:
     """`smartclip-eval` as a function: evaluates, writes the JSON, prints the table and returns the results."""
     args = parse_args(argv)
-    model, processor = load_checkpoint(args.model)
+    model, processor = load_model_and_processor(args.model)
     model.to(args.device)
     eval_sets, sources = eval_sets_from_args(args)
     scorings = args.scorings.split(",") if args.scorings else None
@@ -469,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 __all__ = [
     "choose_split", "class_prompts", "default_scorings", "describe_model", "eval_sets_from_args", "evaluate_model",
-    "format_table", "load_checkpoint", "main", "run", "save_results",
+    "format_table", "main", "run", "save_results",
 ]
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Loading a model and its processor from a CLIP or a SmartCLIP checkpoint with the installed classes."""
 
 from os import PathLike
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import CLIPModel, PretrainedConfig
 
 from .modeling_smartclip import SmartCLIPModel
@@ -47,6 +49,14 @@ def check_loaded(model: torch.nn.Module, loading_info: dict, source: str | PathL
         raise ValueError(f"{source}: the checkpoint's weights do not fit the model; weights {listed}.")
 
 
+def _readable_safetensors(file: Path) -> bool:
+    try:
+        with safe_open(file, framework="pt"):  # checks the header against the file's size
+            return True
+    except SafetensorError:
+        return False
+
+
 def load_model_and_processor(
     path: str | PathLike, processor_path: str | PathLike | None = None, strict: bool = False, **config_overrides
 ) -> tuple[SmartCLIPModel, SmartCLIPProcessor]:
@@ -56,8 +66,18 @@ def load_model_and_processor(
     to trust remote code. `config_overrides` set `SmartCLIPConfig` fields (a trained head's architecture cannot be
     changed); `processor_path` defaults to `path`. With `strict`, a checkpoint whose weights do not match the model
     exactly (missing, unexpected or non-finite; see `check_loaded`) is a `ValueError` naming them; a CLIP checkpoint
-    must then hold every CLIP weight (the mask head is new by design).
+    must then hold every CLIP weight (the mask head is new by design). A corrupt safetensors file is a `ValueError`
+    naming the file.
     """
+    try:
+        return _load(path, processor_path, strict, **config_overrides)
+    except SafetensorError as error:
+        files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+        corrupt = next((file for file in files if not _readable_safetensors(file)), path)
+        raise ValueError(f"{corrupt} is not a readable safetensors file ({error}).") from error
+
+
+def _load(path, processor_path, strict: bool, **config_overrides) -> tuple[SmartCLIPModel, SmartCLIPProcessor]:
     processor_path = path if processor_path is None else processor_path
     model_type = PretrainedConfig.get_config_dict(path)[0].get("model_type")
     if model_type == "smartclip":

@@ -10,14 +10,18 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors import SafetensorError
-from transformers import TrainerCallback
+from transformers import CLIPModel, TrainerCallback
 
 from modeling_smartclip import SmartCLIPModel
+from smartclip_data.scratch import scratch_clip_config, scratch_processor
+from smartclip_hub import export, push
 from smartclip_train.run_folder import LOCK_NAME, RunLock
 from smartclip_train.train import DataArguments, ModelArguments, SmartCLIPTrainingArguments, run_training
+from smartclip_train.train import main as train_main
 
 from .test_training import TINY_DATA, TINY_MODEL
 
@@ -42,6 +46,7 @@ CHILD = """
 import json, resource, signal, sys
 from transformers import TrainerCallback
 from smartclip_train.train import DataArguments, ModelArguments, SmartCLIPTrainingArguments, run_training
+from smartclip_train.train import main as train_main
 
 settings = json.loads(sys.argv[1])
 
@@ -163,3 +168,32 @@ def test_a_final_save_that_fails_leaves_the_previous_model_whole(tmp_path):
     after = files()
     assert after.keys() == before.keys() and all(after[name] == before[name] for name in before)
     SmartCLIPModel.from_pretrained(tmp_path)
+
+
+def _corrupt_checkpoint(folder: Path) -> Path:
+    """A saved SmartCLIP folder whose weights file is cut short, as a failed copy leaves it."""
+    processor = scratch_processor()
+    config = scratch_clip_config(processor, hidden_size=16, num_layers=1, num_heads=2, patch_size=8, projection_dim=8)
+    SmartCLIPModel.from_clip(CLIPModel(config)).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return weights
+
+
+@pytest.mark.parametrize("command", ["smartclip-train", "smartclip-push", "smartclip-export-text-encoder"])
+def test_every_command_names_a_corrupt_weights_file_in_one_line(tmp_path, command, capsys):
+    weights = _corrupt_checkpoint(tmp_path / "broken")
+    source = str(tmp_path / "broken")
+    if command == "smartclip-train":
+        with pytest.raises(SystemExit) as exit_info:
+            train_main(["--model_name_or_path", source, "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+                        "--use_cpu", "--report_to", "none"])
+        message = str(exit_info.value.code)
+    else:
+        argv = [source, "me/model", "--dry-run", "--staging_dir", str(tmp_path / "stage")] if command == "smartclip-push" \
+            else [source, str(tmp_path / "export")]
+        assert (push.main if command == "smartclip-push" else export.main)(argv) != 0
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(weights) in message and "not a readable safetensors file" in message
+    assert "Traceback" not in capsys.readouterr().err
