@@ -20,6 +20,7 @@ import functools
 import io
 import json
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -341,6 +342,19 @@ class SmartCLIPDemo:
         )
         self.gallery_encoded = self.encode_images(gallery.images) if gallery and gallery.images else None
         self.captions_encoded = self.encode_captions(gallery.captions) if gallery and gallery.captions else None
+        # Images go out as files in a folder Gradio serves as it is. Returned as PIL images, Gradio would write each
+        # into its cache at a path named by the content's hash, once per request: concurrent requests for the same
+        # image rewrite the file while another response streams it ("Too little data for declared Content-Length").
+        self.output_folder = Path(tempfile.mkdtemp(prefix="smartclip-demo-"))
+        gr.set_static_paths([str(self.output_folder)])
+        self.gallery_files = [self.write_image(to_display(image)) for image in (gallery.images if gallery else [])]
+
+    def write_image(self, image: Image.Image) -> str:
+        """Saves `image` as a new PNG in the served folder; returns its path."""
+        handle, path = tempfile.mkstemp(suffix=".png", dir=self.output_folder)
+        with os.fdopen(handle, "wb") as file:
+            image.save(file, format="PNG")
+        return path
 
     @classmethod
     def from_pretrained(cls, source: str, gallery: Gallery | None = None) -> "SmartCLIPDemo":
@@ -439,7 +453,7 @@ class SmartCLIPDemo:
         scores = self.cosines(self.encode_captions([caption]), self.gallery_encoded)
         scores = {s: values[0] for s, values in scores.items()}
         top = scores[scoring].topk(min(k, len(gallery.images))).indices.tolist()
-        items = [(to_display(gallery.images[i]), f"#{n + 1}  {scores[scoring][i]:.3f}") for n, i in enumerate(top)]
+        items = [(self.gallery_files[i], f"#{n + 1}  {scores[scoring][i]:.3f}") for n, i in enumerate(top)]
         table = ranking_table("image", [gallery.names[i] for i in top], {s: v[top] for s, v in scores.items()})
         summary = f"Ranked by **{scoring}** scoring. Gallery: {gallery.summary()}."
         return items, table, " ".join(filter(None, [summary, note]))
@@ -469,7 +483,7 @@ class SmartCLIPDemo:
         texts = self.encode_captions(captions)
         masks = texts.text_masks.float().cpu()
         overlap = mask_overlap(masks)
-        heatmap = mask_figure(masks.numpy(), overlap.numpy())
+        heatmap = self.write_image(mask_figure(masks.numpy(), overlap.numpy()))
         names = [str(i + 1) for i in range(len(captions))]
         overlap_rows = [
             [name, *(round(float(value), 3) for value in row)] for name, row in zip(names, overlap, strict=True)
