@@ -1,6 +1,7 @@
 """`smartclip-compare`: the smoke run at a tiny setting, and the summary over seeds on numbers whose answer is known."""
 
 import json
+import logging
 
 from transformers import AutoModel
 
@@ -16,11 +17,11 @@ from smartclip_experiments.compare import (
 )
 
 
-def test_compare_quick_run_writes_results_plots_and_a_hub_ready_model(tmp_path, capsys):
+def test_compare_quick_run_writes_results_plots_and_a_hub_ready_model(tmp_path, capsys, caplog):
     main(["--quick", "--output_dir", str(tmp_path)])
 
-    results = json.loads((tmp_path / "results.json").read_text())
-    runs = results["seed0"]
+    runs = json.loads((tmp_path / "seed0" / "results.json").read_text())
+    assert runs.pop("settings")["batch_size"] == 16
     expected = ["finetune/pretrained", *(f"finetune/{arm.name}" for arm in FINETUNE_ARMS),
                 *(f"scratch/{arm.name}" for arm in SCRATCH_ARMS)]
     assert list(runs) == expected
@@ -41,6 +42,13 @@ def test_compare_quick_run_writes_results_plots_and_a_hub_ready_model(tmp_path, 
     assert "| SmartCLIP, union head (scratch) | modular |" in out
     assert "one seed (0): no spread" in out and "1. Direct FT gains long retrieval" in out
     assert (tmp_path / "results.md").read_text().strip() in out
+    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert len(summary["finetune/direct-ft"]["plain"]["scenes_long/image_retrieval_recall@1"]) == 1  # one seed
+
+    # A second call with the same settings reuses the saved seed instead of training it again.
+    caplog.set_level(logging.INFO, logger="smartclip_experiments")
+    main(["--quick", "--output_dir", str(tmp_path)])
+    assert "seed 0: reusing the runs saved in" in caplog.text and "[1/10]" not in caplog.text
     for plot in ("training_curves.png", "mask_usage.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = AutoModel.from_pretrained(tmp_path / "smartclip", trust_remote_code=True)
@@ -75,9 +83,10 @@ def test_intervals_mark_a_difference_only_when_they_do_not_overlap():
 
 
 def test_verdicts_follow_the_intervals():
-    # Direct FT below the pretrained CLIP on everything (long retrieval too): prediction 1 fails on its gain.
+    # Direct FT below the pretrained CLIP on everything, long retrieval too: prediction 1 holds only in part.
     lines = verdicts(summarise(_runs(pretrained=[0.5, 0.5, 0.5], **{"direct-ft": [0.3, 0.35, 0.4]})))
-    assert lines[0].startswith("1. Direct FT") and "not reproduced" in lines[0] and "long T2I lower" in lines[0]
+    assert lines[0].startswith("1. Direct FT") and ": partly reproduced" in lines[0]
+    assert "long T2I lower, short T2I lower" in lines[0]
     # Long-CLIP above everything, SmartCLIP (paper head) above Long-CLIP: predictions 2 and 3 hold.
     lines = verdicts(summarise(_runs(longclip=[0.6, 0.65, 0.7], smartclip=[0.8, 0.85, 0.9])))
     assert ": reproduced" in lines[1] and ": reproduced" in lines[2]
