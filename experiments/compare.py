@@ -19,8 +19,9 @@ the atomic-concept probe (held-out pairs too) and a linear probe of the frozen i
 with the paper's predictions, each checked against the table.
 
 Under `--output_dir` (default `outputs/compare`): `seed<N>/results.json` per seed (every arm's metrics under each
-scoring, mask statistics, log history and timing, one arm per top-level key), `results.json` (settings, timings and
-each table metric's values over the seeds), `results.md` (tables and verdicts), `smartclip/` (a hub-ready SmartCLIP:
+scoring, mask statistics, log history and timing, one arm per top-level key, as `smartclip-push --results` reads),
+`results.json` (settings, timings, each table metric's values over the seeds, and every seed's arms under
+`seed<N>`), `results.md` (tables and verdicts), `smartclip/` (a hub-ready SmartCLIP:
 model, processor, code), `training_curves.png`, `mask_usage.png`. A seed whose `seed<N>/results.json` exists with
 the same settings is reused, not retrained.
 
@@ -257,8 +258,8 @@ def saved_seed(args: CompareArguments, seed: int) -> dict[str, dict] | None:
     if settings != seed_settings(args):
         differ = sorted(k for k, v in seed_settings(args).items() if settings.get(k) != v)
         raise ValueError(
-            f"{path} holds seed {seed} run with other settings ({', '.join(differ)}); delete it or choose another "
-            "--output_dir."
+            f"{path} holds seed {seed}'s runs made with other settings ({', '.join(differ)}); delete it or choose "
+            "another --output_dir."
         )
     logger.info("seed %d: reusing the runs saved in %s", seed, path)
     return runs
@@ -418,7 +419,8 @@ def run_compare(args: CompareArguments) -> dict:
             f"seed {seed} {wall:.1f} min wall / {cpu:.1f} min CPU" for seed, wall, cpu in zip(args.seed_list, *minutes)
         ) + f"; this call {timing['wall_s'] / 60:.1f} min wall, {timing['threads']} threads.",
     ])
-    save_results({"settings": asdict(args), "timing": timing, "summary": summary}, output_dir / "results.json")
+    save_results({"settings": asdict(args), "timing": timing, "summary": summary,
+                  **{f"seed{seed}": runs for seed, runs in runs_by_seed.items()}}, output_dir / "results.json")
     (output_dir / "results.md").write_text(report + "\n")
     first = runs_by_seed[args.seed_list[0]]
     plot_training_curves({name: run["log_history"] for name, run in first.items()},

@@ -3,15 +3,19 @@
 import json
 import logging
 
+import pytest
 from transformers import AutoModel
 
 from smartclip_experiments.compare import (
     COLUMNS,
     FINETUNE_ARMS,
     SCRATCH_ARMS,
+    CompareArguments,
     compare_intervals,
     format_tables,
     main,
+    saved_seed,
+    seed_settings,
     summarise,
     verdicts,
 )
@@ -91,3 +95,13 @@ def test_verdicts_follow_the_intervals():
     lines = verdicts(summarise(_runs(longclip=[0.6, 0.65, 0.7], smartclip=[0.8, 0.85, 0.9])))
     assert ": reproduced" in lines[1] and ": reproduced" in lines[2]
     assert "union head" in lines[3] and "not reproduced" in lines[3]
+
+
+def test_a_saved_seed_with_other_settings_is_a_clear_error(tmp_path):
+    args = CompareArguments(output_dir=str(tmp_path), quick=True)
+    (tmp_path / "seed0").mkdir()
+    saved = {"settings": {**seed_settings(args), "finetune_steps": 99}, "finetune/pretrained": {"plain": {}}}
+    (tmp_path / "seed0" / "results.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="finetune_steps"):
+        saved_seed(args, 0)
+    assert saved_seed(args, 1) is None
