@@ -269,10 +269,11 @@ class SmartCLIPModel(SmartCLIPPreTrainedModel):
     def _text_tower(self, input_ids, attention_mask=None, position_ids=None, output_text_masks=True, **kwargs):
         """One pass of the text tower (and of the mask head if `output_text_masks`): `(text_outputs, masks, probs)`,
         where `text_outputs` is `get_text_features`'s and `masks`, `probs` are `(B, D)` or `None`."""
-        input_ids, attention_mask, position_ids = self._fit_to_positions(input_ids, attention_mask, position_ids)
         text_outputs = self.get_text_features(input_ids, attention_mask, position_ids, return_dict=True, **kwargs)
         if not output_text_masks:
             return text_outputs, None, None
+        if attention_mask is not None:  # as `get_text_features` fitted it to the positions
+            attention_mask = attention_mask[:, : text_outputs.last_hidden_state.shape[1]]
         masks, mask_probs = self.mask_head(text_outputs.last_hidden_state, attention_mask)  # (B, D), (B, D)
         return text_outputs, masks, mask_probs
 
