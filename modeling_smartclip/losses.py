@@ -26,7 +26,10 @@ def scale_from_log(logit_scale: torch.Tensor) -> torch.Tensor:
 
 
 def contrastive_loss(
-    logits_per_text: torch.Tensor, image_columns: torch.Tensor | None = None, label_offset: int = 0
+    logits_per_text: torch.Tensor,
+    image_columns: torch.Tensor | None = None,
+    label_offset: int = 0,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Symmetric cross-entropy: `(CE over each caption's row + CE over each image's column) / 2`.
 
@@ -35,14 +38,18 @@ def contrastive_loss(
         image_columns: `(N, b)`, every caption's logit for each of the `b` images; image j's positive is caption
             `label_offset + j`. `None`: the columns of a square `logits_per_text` (the whole batch).
         label_offset: index of the first local row in the gathered batch (the local loss).
+        label_smoothing: as `F.cross_entropy`'s, on both sides (Long-CLIP trains with 0.1).
 
     The column softmax runs along dim 0, so no transposed `(N, b)` copy is made.
     """
     columns = logits_per_text if image_columns is None else image_columns
     labels = torch.arange(len(logits_per_text), device=logits_per_text.device) + label_offset  # (b,)
-    loss_text = F.cross_entropy(logits_per_text, labels)
-    loss_image = -columns.log_softmax(dim=0)[labels, torch.arange(columns.shape[1], device=columns.device)].mean()
-    return (loss_text + loss_image) / 2
+    loss_text = F.cross_entropy(logits_per_text, labels, label_smoothing=label_smoothing)
+    log_probs = columns.log_softmax(dim=0)  # (N, b)
+    nll_image = -log_probs[labels, torch.arange(columns.shape[1], device=columns.device)]  # (b,)
+    if label_smoothing:  # F.cross_entropy's smoothing: (1 - e) * NLL + e * mean over classes of -log p
+        nll_image = (1 - label_smoothing) * nll_image - label_smoothing * log_probs.mean(dim=0)
+    return (loss_text + nll_image.mean()) / 2
 
 
 def clip_loss(

@@ -10,7 +10,8 @@ A related method brings its own `TrainingLoss` subclass and hands an instance to
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from modeling_smartclip import SmartCLIPOutput, clip_loss, modular_loss
+from modeling_smartclip import SmartCLIPOutput, clip_loss, contrastive_loss, modular_loss
+from modeling_smartclip.losses import scale_from_log
 
 from .distributed import gather_features, rank_offset
 
@@ -179,13 +180,6 @@ class LongCLIPLoss(TrainingLoss):
         top = directions[:, -k:]  # (D, k)
         return (centred @ top @ top.T).to(features.dtype) + mean  # (N, D)
 
-    def contrastive_loss(self, logits_per_text: torch.Tensor) -> torch.Tensor:
-        """Symmetric cross-entropy of a `(n, n)` logit matrix (positives on the diagonal) with label smoothing."""
-        labels = torch.arange(len(logits_per_text), device=logits_per_text.device)
-        loss_text = torch.nn.functional.cross_entropy(logits_per_text, labels, label_smoothing=self.label_smoothing)
-        loss_image = torch.nn.functional.cross_entropy(logits_per_text.T, labels, label_smoothing=self.label_smoothing)
-        return (loss_text + loss_image) / 2
-
     def __call__(self, model, outputs: SmartCLIPOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         if "short_input_ids" not in batch:
             raise ValueError(
@@ -203,9 +197,10 @@ class LongCLIPLoss(TrainingLoss):
         coarse_embeds = self.principal_components(image_embeds, self.pca_dim)  # (B, D)
         coarse_embeds = coarse_embeds / coarse_embeds.norm(dim=-1, keepdim=True)
         logit_scale = logit_scale_of(model)
-        loss_long = self.contrastive_loss(logit_scale.exp() * text_embeds @ image_embeds.T)
-        loss_short = self.contrastive_loss(logit_scale.exp() * short_embeds @ coarse_embeds.T)
-        logs = {"loss_long": loss_long.item(), "loss_short": loss_short.item(), "logit_scale": logit_scale.exp().item()}
+        scale = scale_from_log(logit_scale)
+        loss_long = contrastive_loss(scale * text_embeds @ image_embeds.T, label_smoothing=self.label_smoothing)
+        loss_short = contrastive_loss(scale * short_embeds @ coarse_embeds.T, label_smoothing=self.label_smoothing)
+        logs = {"loss_long": loss_long.item(), "loss_short": loss_short.item(), "logit_scale": scale.item()}
         return loss_long + loss_short, logs
 
 
