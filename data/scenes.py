@@ -10,6 +10,8 @@ Why this design: a long caption that names every object is what makes CLIP entan
 sentences are the short captions whose concepts CLIP loses when it only sees some of them. The setting (32x32, 2x2
 slots, 4 shapes x 4 colours) is the smallest where a CLIP fine-tuned on long captions alone measurably forgets
 one-object concepts; we add size and small jitter in position, scale and shade so no two objects render alike.
+`sizes=False, slot_order=True` gives the simpler scenes of the reference notes' own measurements (no size word, one
+radius, long captions in slot order), kept so their settings can be rerun through this package.
 """
 
 import itertools
@@ -33,14 +35,16 @@ VOCABULARY = (
 
 
 def describe(obj: dict) -> str:
-    """The short caption of one object: 'a large red circle at the top left.'"""
-    return f"a {obj['size']} {obj['colour']} {obj['shape']} at the {obj['slot']}."
+    """The short caption of one object: 'a large red circle at the top left.' ('a red circle at the top left.' for
+    an object without a size)."""
+    size = f"{obj['size']} " if obj["size"] is not None else ""
+    return f"a {size}{obj['colour']} {obj['shape']} at the {obj['slot']}."
 
 
 def _draw(draw: ImageDraw.ImageDraw, obj: dict, rng: np.random.Generator) -> None:
     half = IMAGE_SIZE // 2
     slot = SLOTS.index(obj["slot"])
-    radius = (6.5 if obj["size"] == "large" else 3.5) + rng.uniform(-0.5, 0.5)
+    radius = {"large": 6.5, "small": 3.5, None: 5.0}[obj["size"]] + rng.uniform(-0.5, 0.5)
     cx = (slot % 2) * half + half / 2 + rng.uniform(-1.5, 1.5)
     cy = (slot // 2) * half + half / 2 + rng.uniform(-1.5, 1.5)
     shade = rng.uniform(0.8, 1.0)
@@ -58,19 +62,23 @@ def _draw(draw: ImageDraw.ImageDraw, obj: dict, rng: np.random.Generator) -> Non
         draw.rectangle((cx - bar, cy - radius, cx + bar, cy + radius), fill=fill)
 
 
-def make_scene(rng: np.random.Generator, allowed_pairs: list[tuple[str, str]]) -> dict:
-    """One example: image, long caption, short captions and the objects' attributes."""
+def make_scene(
+    rng: np.random.Generator, allowed_pairs: list[tuple[str, str]], sizes: bool = True, slot_order: bool = False
+) -> dict:
+    """One example: image, long caption, short captions and the objects' attributes. `sizes=False`: every object
+    has size None (one radius, no size word); `slot_order=True`: the long caption lists the objects in slot order."""
     slots = rng.choice(len(SLOTS), size=rng.integers(2, 5), replace=False)
     objects = []
     for slot in sorted(slots):
         shape, colour = allowed_pairs[rng.integers(len(allowed_pairs))]
-        objects.append({"shape": shape, "colour": colour, "size": SIZES[rng.integers(2)], "slot": SLOTS[slot]})
+        size = SIZES[rng.integers(2)] if sizes else None
+        objects.append({"shape": shape, "colour": colour, "size": size, "slot": SLOTS[slot]})
     image = PILImage.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tuple(int(v) for v in rng.integers(0, 40, size=3)))
     draw = ImageDraw.Draw(image)
     for obj in objects:
         _draw(draw, obj, rng)
     sentences = [describe(obj) for obj in objects]
-    order = rng.permutation(len(sentences))
+    order = np.arange(len(sentences)) if slot_order else rng.permutation(len(sentences))
     return {
         "image": image,
         "long_caption": " ".join(sentences[i] for i in order),
@@ -89,14 +97,18 @@ FEATURES = Features(
 )
 
 
-def make_scenes(num_train: int = 20000, num_test: int = 1000, seed: int = 0) -> DatasetDict:
-    """The built-in `DatasetDict` with `train` and `test` splits (columns: see `FEATURES`)."""
+def make_scenes(
+    num_train: int = 20000, num_test: int = 1000, seed: int = 0, sizes: bool = True, slot_order: bool = False
+) -> DatasetDict:
+    """The built-in `DatasetDict` with `train` and `test` splits (columns: see `FEATURES`); `sizes` and
+    `slot_order` as in `make_scene`."""
     all_pairs = list(itertools.product(SHAPES, COLOURS))
     train_pairs = [pair for pair in all_pairs if pair not in HELD_OUT_PAIRS]
     # One random stream per split, so the test split does not depend on how many training scenes were drawn.
     splits = {
-        "train": [make_scene(np.random.default_rng([seed, 0, i]), train_pairs) for i in range(num_train)],
-        "test": [make_scene(np.random.default_rng([seed, 1, i]), all_pairs) for i in range(num_test)],
+        "train": [make_scene(np.random.default_rng([seed, 0, i]), train_pairs, sizes, slot_order)
+                  for i in range(num_train)],
+        "test": [make_scene(np.random.default_rng([seed, 1, i]), all_pairs, sizes, slot_order) for i in range(num_test)],
     }
     return DatasetDict(
         {name: Dataset.from_dict({k: [row[k] for row in rows] for k in FEATURES}, features=FEATURES) for name, rows in splits.items()}

@@ -105,6 +105,12 @@ class DataArguments:
     num_train_scenes: int = field(default=20000, metadata={"help": "Built-in data: training scenes."})
     num_test_scenes: int = field(default=1000, metadata={"help": "Built-in data: test scenes."})
     scenes_seed: int = field(default=0, metadata={"help": "Built-in data: generation seed."})
+    scenes_sizes: bool = field(
+        default=True, metadata={"help": "Built-in data: objects come in two sizes named in the captions."}
+    )
+    scenes_slot_order: bool = field(
+        default=False, metadata={"help": "Built-in data: long captions list the objects in slot order (else shuffled)."}
+    )
 
     def __post_init__(self):
         if self.caption_column is not None and self.long_caption_column not in (None, self.caption_column):
@@ -255,9 +261,11 @@ def _is_kept(reasons: list[str]) -> list[bool]:
 
 
 @functools.lru_cache(maxsize=2)
-def builtin_scenes(num_train: int, num_test: int, seed: int) -> DatasetDict:
-    """The built-in scenes, generated once per process for a given size and seed."""
-    return make_scenes(num_train=num_train, num_test=num_test, seed=seed)
+def builtin_scenes(
+    num_train: int, num_test: int, seed: int, sizes: bool = True, slot_order: bool = False
+) -> DatasetDict:
+    """The built-in scenes (`make_scenes`), generated once per process for given settings."""
+    return make_scenes(num_train=num_train, num_test=num_test, seed=seed, sizes=sizes, slot_order=slot_order)
 
 
 def _first_bad_utf8_line(paths: list[Path]) -> str | None:
@@ -311,7 +319,9 @@ def load_source(args: DataArguments, split: str, **hub_kwargs) -> Dataset | Iter
     """One raw split: the built-in scenes, a `save_to_disk` folder, csv/json data files, or anything `load_dataset`
     reads (streamed or not). `hub_kwargs` (`token`, `cache_dir`) go to `load_dataset`."""
     if args.builtin:
-        splits = builtin_scenes(args.num_train_scenes, args.num_test_scenes, args.scenes_seed)
+        splits = builtin_scenes(
+            args.num_train_scenes, args.num_test_scenes, args.scenes_seed, args.scenes_sizes, args.scenes_slot_order
+        )
     elif args.dataset_name is not None and (
         Path(args.dataset_name, "dataset_dict.json").is_file() or Path(args.dataset_name, "state.json").is_file()
     ):

@@ -6,7 +6,8 @@ scoring, side by side.
     {"plain":   {"scenes_long/image_retrieval_recall@1": 0.21, ..., "scenes_zeroshot/acc1": 0.4,
                  "scenes_atomic/acc": 0.53},
      "modular": {...same keys...},
-     "mask_stats": {"scenes/density_long": 0.40, "scenes/density_sentence": 0.21, "scenes/sentence_in_long": 0.85},
+     "mask_stats": {"scenes/density_long": 0.40, "scenes/density_sentence": 0.21, "scenes/sentence_in_long": 0.85,
+                    "scenes/sentence_overlap": 0.30},
      "counts": {"scenes_long": {"images": 1000, "texts": 1000, "unreadable_images": 0}, ...}}
 
 Retrieval and zero-shot metrics carry CLIP_benchmark's names (`image_retrieval_recall@k`: a caption finds its
@@ -213,7 +214,20 @@ def _mask_stats(encoder: _Encoder, eval_set: MaskStatsSet) -> dict[str, float]:
         "density_long": long_masks.mean().item(),
         "density_sentence": sentence_masks.mean().item(),
         "sentence_in_long": (inside[nonempty] / size[nonempty]).mean().item() if nonempty.any() else math.nan,
+        "sentence_overlap": _mean_overlap(encoder.texts(sorted(set(eval_set.sentences))).text_masks),
     }
+
+
+def _mean_overlap(masks: torch.Tensor) -> float:
+    """Mean Jaccard index of the masks of two different captions, `masks` `(n, D)` in {0, 1}: 1 when every caption
+    switches on the same dimensions, lower the more caption-specific the masks are. Two empty masks count as 1."""
+    if len(masks) < 2:
+        return math.nan
+    both = masks @ masks.T  # (n, n)
+    either = masks.sum(dim=1, keepdim=True) + masks.sum(dim=1) - both
+    jaccard = torch.where(either > 0, both / either.clamp_min(1), 1.0)
+    pairs = ~torch.eye(len(masks), dtype=torch.bool, device=masks.device)
+    return jaccard[pairs].mean().item()
 
 
 @torch.no_grad()

@@ -334,8 +334,6 @@ def classification_set_from_dataset(
 
 # ----- the built-in scenes ----------------------------------------------------------------------------------------
 
-# Every (size, colour, shape) combination, in the order the atomic probe lists its candidates at one slot.
-ATTRIBUTE_COMBINATIONS = list(itertools.product(SIZES, COLOURS, SHAPES))
 SCENE_CLASSES = [f"{colour} {shape}" for shape in SHAPES for colour in COLOURS]
 
 
@@ -372,17 +370,21 @@ def scene_zeroshot_set(test_split: Dataset, name: str = "scenes_zeroshot") -> Cl
 
 def atomic_probe_set(test_split: Dataset, name: str = "scenes_atomic", images: Sequence | None = None) -> AtomicProbeSet:
     """The atomic-concept probe: each test object against all 32 "a {size} {colour} {shape} at the {slot}." prompts
-    at its slot. `images` may pass the split's image column already in use, so it is encoded once."""
-    prompts = [describe(dict(size=s, colour=c, shape=h, slot=slot)) for slot in SLOTS for s, c, h in ATTRIBUTE_COMBINATIONS]
-    per_slot = len(ATTRIBUTE_COMBINATIONS)
+    at its slot (16 "a {colour} {shape} at the {slot}." for scenes without sizes). `images` may pass the split's
+    image column already in use, so it is encoded once."""
+    sizes = SIZES if any(obj["size"] is not None for scene in test_split["objects"] for obj in scene) else (None,)
+    # Every (size, colour, shape) combination, in the order the candidates at one slot are listed.
+    combinations = list(itertools.product(sizes, COLOURS, SHAPES))
+    prompts = [describe(dict(size=s, colour=c, shape=h, slot=slot)) for slot in SLOTS for s, c, h in combinations]
+    per_slot = len(combinations)
     object_image, slot_index, target, held_out = [], [], [], []
     for i, objects in enumerate(test_split["objects"]):
         for obj in objects:
             object_image.append(i)
             slot_index.append(SLOTS.index(obj["slot"]))
-            target.append(ATTRIBUTE_COMBINATIONS.index((obj["size"], obj["colour"], obj["shape"])))
+            target.append(combinations.index((obj["size"], obj["colour"], obj["shape"])))
             held_out.append((obj["shape"], obj["colour"]) in HELD_OUT_PAIRS)
-    candidates = torch.tensor(slot_index)[:, None] * per_slot + torch.arange(per_slot)  # (n_object, 32)
+    candidates = torch.tensor(slot_index)[:, None] * per_slot + torch.arange(per_slot)  # (n_object, per_slot)
     return AtomicProbeSet(
         name, test_split["image"] if images is None else images, prompts, torch.tensor(object_image), candidates,
         torch.tensor(target), torch.tensor(held_out),

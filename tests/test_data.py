@@ -167,3 +167,14 @@ def test_metadata_line_that_is_not_utf8_is_named_by_file_and_line(imagefolder):
     metadata.write_bytes(b"".join(lines))
     with pytest.raises(ValueError, match=rf"{metadata}, line 3: not valid UTF-8 \(invalid start byte at byte \d+ "):
         load_split(DataArguments(dataset_name="imagefolder", data_dir=str(imagefolder)), "train", DropCounter())
+
+
+def test_simple_scenes_have_no_size_and_slot_ordered_captions():
+    args = DataArguments(num_train_scenes=20, num_test_scenes=2, scenes_sizes=False, scenes_slot_order=True)
+    dataset = load_split(args, "train", DropCounter())
+    for row in dataset:
+        assert row["long_caption"] == " ".join(row["short_captions"])  # the sentences are listed in slot order
+        assert not any(size in row["long_caption"].split() for size in ("small", "large"))
+        assert row["short_captions"][0].startswith("a ") and len(row["short_captions"][0].split()) == 7
+    default = load_split(DataArguments(num_train_scenes=20, num_test_scenes=2), "train", DropCounter())
+    assert any(row["long_caption"] != " ".join(row["short_captions"]) for row in default)  # shuffled by default

@@ -30,6 +30,7 @@ from smartclip_eval.sets import (
 )
 from smartclip_eval.evaluate import (
     _Encoder,
+    _mean_overlap,
     choose_split,
     class_prompts,
     eval_sets_from_args,
@@ -80,7 +81,9 @@ def test_builtin_evaluation_has_every_metric_under_both_scorings(builtin_results
         assert set(builtin_results[scoring]) == EXPECTED_KEYS
         assert all(0.0 <= v <= 1.0 for v in builtin_results[scoring].values()), builtin_results[scoring]
     stats = builtin_results["mask_stats"]
-    assert set(stats) == {"scenes/density_long", "scenes/density_sentence", "scenes/sentence_in_long"}
+    assert set(stats) == {
+        "scenes/density_long", "scenes/density_sentence", "scenes/sentence_in_long", "scenes/sentence_overlap"
+    }
     assert all(0.0 <= v <= 1.0 for v in stats.values())
     counts = builtin_results["counts"]
     assert counts["scenes_long"] == {"images": 16, "texts": 16, "unreadable_images": 0}
@@ -133,15 +136,26 @@ def test_class_prompts_average_embeddings_and_take_the_union_of_masks(model, pro
     torch.testing.assert_close(classes.text_masks[red_circle], masks.amax(dim=0))
 
 
-def test_atomic_probe_candidates_share_the_slot_and_include_the_right_prompt(scenes):
+@pytest.mark.parametrize("sizes, per_slot", [(True, 32), (False, 16)])
+def test_atomic_probe_candidates_share_the_slot_and_include_the_right_prompt(sizes, per_slot):
+    scenes = make_scenes(num_train=0, num_test=16, sizes=sizes)["test"]
     probe = atomic_probe_set(scenes)
     objects = [obj for row in scenes["objects"] for obj in row]
-    assert probe.candidates.shape == (len(objects), 32)
+    assert probe.candidates.shape == (len(objects), per_slot)
     for i, obj in enumerate(objects):
         candidates = [probe.prompts[j] for j in probe.candidates[i]]
         assert candidates[probe.target[i]] == describe(obj)
         assert all(prompt.endswith(f"at the {obj['slot']}.") for prompt in candidates)
-        assert len(set(candidates)) == 32
+        assert len(set(candidates)) == per_slot
+
+
+def test_mean_overlap_is_the_jaccard_index_of_distinct_captions():
+    masks = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    # pairs: (0, 1) 1/3, (0, 2) 0/2, (1, 2) 0/2; each counted both ways
+    assert _mean_overlap(masks) == pytest.approx((1 / 3) / 3)
+    assert _mean_overlap(torch.ones(3, 4)) == 1.0
+    assert _mean_overlap(torch.zeros(2, 4)) == 1.0  # two empty masks are the same mask
+    assert math.isnan(_mean_overlap(torch.ones(1, 4)))
 
 
 def test_urban1k_folder_reads_first_lines(tmp_path, model, processor):
