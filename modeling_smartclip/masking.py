@@ -168,34 +168,41 @@ class _MaskedCosine(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # With G the incoming gradient and H = G * R: dL/dN = scale * H, dL/dP = -0.5 * scale * H * N * R^2 (0 where
+        # the clamp held) and dL/dscale = sum(H * N) = sum((H @ I) * U * M). The constant factors (scale, -0.5) go on
+        # the (n, D) side, so each (rows, n_image) block costs four elementwise passes.
         text_embeds, image_embeds, text_masks, scale, text_norm, inverse_norm = ctx.saved_tensors
-        image_squared = image_embeds.square()  # (n_image, D)
+        image_squared = image_embeds.square().mul_(-0.5 * scale)  # (n_image, D), times dL/dP's constant factors
         floor = inverse_norm.new_tensor(EMPTY_MASK_EPS).rsqrt()  # where the clamp held P, P is a constant
+        # In practice only an empty mask reaches the clamp: one read of R spares every block a comparison and a fill.
+        clamped = bool(inverse_norm.max() >= floor)
         grad_unit, grad_masks = torch.empty_like(text_embeds), torch.empty_like(text_masks)  # (n_text, D)
-        grad_image, grad_squared = torch.zeros_like(image_embeds), torch.zeros_like(image_squared)  # (n_image, D)
+        grad_image, grad_squared = torch.zeros_like(image_embeds), torch.zeros_like(image_embeds)  # (n_image, D)
         grad_scale = torch.zeros_like(scale)
         for start in range(0, len(grad), BACKWARD_ROWS):
             rows = slice(start, start + BACKWARD_ROWS)
             masked_unit = text_embeds[rows] * text_masks[rows] / text_norm[rows]  # U * M: (rows, D)
             inverse = inverse_norm[rows]  # (rows, n_image)
+            grad_numerator = grad[rows] * inverse  # H = dL/dN / scale
             numerator = masked_unit @ image_embeds.T  # N, recomputed: (rows, n_image)
-            grad_numerator = grad[rows] * inverse  # dS/dN = scale * P^(-1/2), times scale below
+            grad_norm_sq = numerator.mul_(grad_numerator).mul_(inverse).mul_(inverse)  # dL/dP / (-0.5 * scale)
+            if clamped:
+                grad_norm_sq.masked_fill_(inverse >= floor, 0.0)
+            torch.matmul(grad_numerator, image_embeds, out=grad_unit[rows])  # dL/d(U * M) / scale
             if ctx.needs_input_grad[3]:
-                grad_scale += torch.dot(grad_numerator.view(-1), numerator.view(-1))
-            grad_numerator *= scale
-            grad_norm_sq = numerator.mul_(grad_numerator).mul_(inverse).mul_(inverse).mul_(-0.5)  # dS/dP, in N's place
-            grad_norm_sq.masked_fill_(inverse >= floor, 0.0)
-            torch.matmul(grad_numerator, image_embeds, out=grad_unit[rows])  # dL/d(U * M)
+                grad_scale += torch.dot(grad_unit[rows].view(-1), masked_unit.view(-1))
             torch.matmul(grad_norm_sq, image_squared, out=grad_masks[rows])
             grad_image.addmm_(grad_numerator.T, masked_unit)
-            grad_squared.addmm_(grad_norm_sq.T, text_masks[rows])
+            grad_squared.addmm_(grad_norm_sq.T, text_masks[rows])  # dL/d(I * I) / (-0.5 * scale)
         # In place from here on: at n_text = 4096 each (n_text, D) temporary would be a tenth of the peak.
         unit_text = text_embeds / text_norm  # (n_text, D), made after the blocks' temporaries are gone
+        grad_unit.mul_(scale)  # dL/d(U * M)
         grad_masks.addcmul_(grad_unit, unit_text)
         grad_unit.mul_(text_masks)  # dL/dU; through U = T / |T|: (g - (g . U) U) / |T|
         along_unit = torch.bmm(grad_unit.unsqueeze(1), unit_text.unsqueeze(2)).squeeze(2)  # (n_text, 1)
         grad_text = grad_unit.addcmul_(unit_text, along_unit, value=-1.0).div_(text_norm)
-        return grad_text, grad_image.addcmul_(grad_squared, image_embeds, value=2.0), grad_masks, grad_scale
+        grad_image = grad_image.addcmul_(grad_squared, image_embeds, value=-1.0).mul_(scale)
+        return grad_text, grad_image, grad_masks, grad_scale
 
 
 __all__ = ["SmartCLIPMaskHead", "masked_similarity", "similarity"]
