@@ -59,18 +59,19 @@ def clip_loss(
     all_text_embeds: torch.Tensor | None = None,
     all_image_embeds: torch.Tensor | None = None,
     label_offset: int = 0,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """CLIP's loss on unit-norm `(b, D)` embeddings; `logit_scale` is the log-temperature parameter.
 
     `all_text_embeds` / `all_image_embeds` (`(B, D)`, every rank's, this rank's at `label_offset`) make it the
-    local loss; `None` means the local batch is the whole batch.
+    local loss; `None` means the local batch is the whole batch. `label_smoothing`: as in `contrastive_loss`.
     """
     scale = scale_from_log(logit_scale)
-    if all_text_embeds is None:
-        return contrastive_loss((scale * text_embeds) @ image_embeds.T)  # scale on the (B, D) side
+    if all_text_embeds is None:  # scale on the (B, D) side
+        return contrastive_loss((scale * text_embeds) @ image_embeds.T, label_smoothing=label_smoothing)
     logits_per_text = (scale * text_embeds) @ all_image_embeds.T  # (b, B)
     image_columns = (scale * all_text_embeds) @ image_embeds.T  # (B, b)
-    return contrastive_loss(logits_per_text, image_columns, label_offset)
+    return contrastive_loss(logits_per_text, image_columns, label_offset, label_smoothing)
 
 
 def modular_loss(

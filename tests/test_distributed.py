@@ -1,4 +1,5 @@
-"""Two gloo processes, each with half the batch, train exactly like one process with the whole batch."""
+"""Two gloo processes, each with half the batch, train exactly like one process with the whole batch: every core
+objective, with the global and with the local loss."""
 
 import itertools
 import socket
@@ -12,11 +13,14 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPModel
 
 from modeling_smartclip import SmartCLIPModel
-from smartclip_train.objectives import build_objective
 from smartclip_data.scratch import scratch_clip_config, scratch_processor
+from smartclip_train.collator import split_sentences
+from smartclip_train.objectives import build_objective
+from smartclip_train.trainer import MODEL_INPUTS
 
 WORLD_SIZE = 2
 PER_RANK = 3
+OBJECTIVES = {"smartclip": {}, "clip": {}, "longclip": {"pca_dim": 2}}  # pca_dim below the 6 images' rank
 CAPTIONS = [
     "a red circle.", "a large blue square at the top left.", "a green cross and a yellow triangle.",
     "a small red square at the bottom right. a blue circle.", "a triangle.", "a yellow cross at the top right.",
@@ -24,13 +28,15 @@ CAPTIONS = [
 
 
 def tiny_model_and_batch() -> tuple[SmartCLIPModel, dict]:
-    """The same model and batch in every process (seeded)."""
+    """The same model and batch in every process (seeded); the batch holds each caption's first sentence too."""
     torch.manual_seed(0)
     processor = scratch_processor()
     config = scratch_clip_config(processor, hidden_size=32, num_layers=1, projection_dim=16)
     # float64: with float32, batch-size-dependent rounding can flip a mask bit that sits at the threshold.
     model = SmartCLIPModel.from_clip(CLIPModel(config), mask_num_attention_heads=4).double()
     batch = dict(processor.tokenizer(CAPTIONS, padding=True, return_tensors="pt"))
+    first = processor.tokenizer([split_sentences(c)[0] for c in CAPTIONS], padding=True, return_tensors="pt")
+    batch["short_input_ids"], batch["short_attention_mask"] = first["input_ids"], first["attention_mask"]
     pixel_values = torch.randn(len(CAPTIONS), 3, 32, 32, generator=torch.Generator().manual_seed(1))
     batch["pixel_values"] = pixel_values.double()
     return model, batch
@@ -40,8 +46,9 @@ def loss_and_grads(model: SmartCLIPModel, loss_name: str, batch: dict, local_los
     """One forward and backward through the objective, called as `SmartCLIPTrainer.compute_loss` calls it:
     `{"loss": ..., <param name>: grad, ...}`."""
     model.zero_grad(set_to_none=True)
-    objective = build_objective(loss_name, local_loss=local_loss)
-    outputs = model(**batch, output_text_masks=objective.needs_text_masks, return_logits=False)
+    objective = build_objective(loss_name, local_loss=local_loss, **OBJECTIVES[loss_name])
+    model_inputs = {name: value for name, value in batch.items() if name in MODEL_INPUTS}
+    outputs = model(**model_inputs, output_text_masks=objective.needs_text_masks, return_logits=False)
     loss, _ = objective(model, outputs, batch)
     loss.backward()
     grads = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
@@ -54,7 +61,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     try:
         model, batch = tiny_model_and_batch()
         local = {name: value[rank * PER_RANK : (rank + 1) * PER_RANK] for name, value in batch.items()}
-        for loss_name, local_loss in itertools.product(("smartclip", "clip"), (False, True)):
+        for loss_name, local_loss in itertools.product(OBJECTIVES, (False, True)):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 result = loss_and_grads(model, loss_name, local, local_loss)
@@ -86,7 +93,7 @@ def two_rank_results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", ["global", "local"])
-@pytest.mark.parametrize("loss_name", ["smartclip", "clip"])
+@pytest.mark.parametrize("loss_name", list(OBJECTIVES))
 def test_two_ranks_match_one_process_on_the_whole_batch(two_rank_results, loss_name, mode):
     model, batch = tiny_model_and_batch()
     assert len(batch["input_ids"]) == WORLD_SIZE * PER_RANK

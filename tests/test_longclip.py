@@ -1,30 +1,18 @@
-"""The Long-CLIP objective: its PCA, its value against a direct computation, its gradients, and two ranks against one
-process."""
+"""The Long-CLIP objective: its PCA, its value against a direct computation, its gradients, the command line (two
+ranks against one process, global and local: tests/test_distributed.py)."""
 
 import json
 import math
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from safetensors.torch import load_file, save_file
 
-from smartclip_data.scratch import scratch_processor
-from smartclip_train.collator import split_sentences
 from smartclip_train.objectives import LongCLIPLoss, build_objective
 from smartclip_train.train import main as train_main
 
-from .test_distributed import CAPTIONS, PER_RANK, WORLD_SIZE, _free_port, tiny_model_and_batch
+from .test_distributed import OBJECTIVES, tiny_model_and_batch
 
-PCA_DIM = 2  # below the 6-image batch's rank, so the decomposition is not the identity
-
-
-def model_and_batch() -> tuple[torch.nn.Module, dict]:
-    """The distributed tests' tiny model and 6-image batch, plus each caption's first sentence."""
-    model, batch = tiny_model_and_batch()
-    first = scratch_processor().tokenizer([split_sentences(c)[0] for c in CAPTIONS], padding=True, return_tensors="pt")
-    return model, {**batch, "short_input_ids": first["input_ids"], "short_attention_mask": first["attention_mask"]}
+PCA_DIM = OBJECTIVES["longclip"]["pca_dim"]  # below the 6-image batch's rank: the decomposition is not the identity
 
 
 def forward_and_loss(model, batch: dict, objective: LongCLIPLoss) -> tuple[torch.Tensor, dict]:
@@ -77,7 +65,7 @@ def test_pca_gradients_match_finite_differences():
 
 
 def test_loss_equals_a_direct_computation_on_a_hand_made_batch():
-    model, batch = model_and_batch()
+    model, batch = tiny_model_and_batch()
     with torch.no_grad():
         model.logit_scale.fill_(math.log(20.0))
         loss, logs = forward_and_loss(model, batch, LongCLIPLoss(pca_dim=PCA_DIM, label_smoothing=0.1))
@@ -93,7 +81,7 @@ def test_loss_equals_a_direct_computation_on_a_hand_made_batch():
 
 
 def test_gradients_reach_both_towers_and_the_temperature_but_not_the_mask_head():
-    model, batch = model_and_batch()
+    model, batch = tiny_model_and_batch()
     model.mask_head.requires_grad_(False)  # what training with this objective does
     loss, _ = forward_and_loss(model, batch, build_objective("longclip", pca_dim=PCA_DIM))
     loss.backward()
@@ -106,47 +94,12 @@ def test_gradients_reach_both_towers_and_the_temperature_but_not_the_mask_head()
 
 
 def test_a_batch_without_first_sentences_is_a_clear_error():
-    model, batch = model_and_batch()
+    model, batch = tiny_model_and_batch()
     del batch["short_input_ids"], batch["short_attention_mask"]
     with pytest.raises(ValueError, match="first_sentence=True"):
         forward_and_loss(model, batch, LongCLIPLoss())
     with pytest.raises(ValueError, match="pca_dim=0"):
         LongCLIPLoss(pca_dim=0)
-
-
-def loss_and_grads(model, batch: dict) -> dict[str, torch.Tensor]:
-    model.zero_grad(set_to_none=True)
-    loss, _ = forward_and_loss(model, batch, LongCLIPLoss(pca_dim=PCA_DIM))
-    loss.backward()
-    grads = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
-    return {"loss": loss.detach().reshape(1), **grads}
-
-
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        model, batch = model_and_batch()
-        local = {name: value[rank * PER_RANK : (rank + 1) * PER_RANK] for name, value in batch.items()}
-        result = loss_and_grads(model, local)
-        for name, grad in result.items():
-            if name != "loss":  # what DDP does: average the gradients over ranks
-                dist.all_reduce(grad)
-                grad /= WORLD_SIZE
-        save_file({name: value.contiguous() for name, value in result.items()}, f"{out_dir}/{rank}.safetensors")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
-    model, batch = model_and_batch()
-    expected = loss_and_grads(model, batch)
-    for rank in range(WORLD_SIZE):
-        got = load_file(tmp_path / f"{rank}.safetensors")
-        assert got.keys() == expected.keys()
-        for name, value in expected.items():
-            torch.testing.assert_close(got[name], value, rtol=0, atol=1e-5, msg=f"{name} on rank {rank}")
 
 
 def test_smartclip_train_runs_the_longclip_objective(tmp_path):

@@ -10,7 +10,7 @@ A related method brings its own `TrainingLoss` subclass and hands an instance to
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from modeling_smartclip import SmartCLIPOutput, clip_loss, contrastive_loss, modular_loss
+from modeling_smartclip import SmartCLIPOutput, clip_loss, modular_loss
 from modeling_smartclip.losses import scale_from_log
 
 from .distributed import gather_features, rank_offset
@@ -149,13 +149,14 @@ class LongCLIPLoss(TrainingLoss):
     the loss does not depend on how the batch is split over ranks.
 
     The batch needs the first sentences' tokens, `short_input_ids` and `short_attention_mask`
-    (`CaptionCollator(first_sentence=True)`); they go through the text tower in a second pass here.
+    (`CaptionCollator(first_sentence=True)`); they go through the text tower in a second pass here. With
+    `local_loss` both terms are local (`TrainingLoss`); the components still come from the whole gathered batch.
     """
 
     needs_first_sentence = True
     needs_text_masks = False
 
-    def __init__(self, pca_dim: int = 32, label_smoothing: float = 0.1):
+    def __init__(self, pca_dim: int = 32, label_smoothing: float = 0.1, local_loss: bool = False):
         if pca_dim < 1 or not 0.0 <= label_smoothing < 1.0:
             raise ValueError(
                 f"LongCLIPLoss: pca_dim={pca_dim}, label_smoothing={label_smoothing}; expected pca_dim >= 1 and "
@@ -163,6 +164,7 @@ class LongCLIPLoss(TrainingLoss):
             )
         self.pca_dim = pca_dim
         self.label_smoothing = label_smoothing
+        self.local_loss = local_loss
 
     @staticmethod
     def principal_components(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -191,16 +193,25 @@ class LongCLIPLoss(TrainingLoss):
             input_ids=batch["short_input_ids"], attention_mask=batch.get("short_attention_mask")
         ).pooler_output  # (local_batch, D)
         short_embeds = short_features / short_features.norm(dim=-1, keepdim=True)  # (local_batch, D)
-        text_embeds, image_embeds, short_embeds = gather_features(
+        all_text_embeds, all_image_embeds, all_short_embeds = gather_features(
             outputs.text_embeds, outputs.image_embeds, short_embeds
         )
-        coarse_embeds = self.principal_components(image_embeds, self.pca_dim)  # (B, D)
-        coarse_embeds = coarse_embeds / coarse_embeds.norm(dim=-1, keepdim=True)
+        all_coarse_embeds = self.principal_components(all_image_embeds, self.pca_dim)  # (B, D)
+        all_coarse_embeds = all_coarse_embeds / all_coarse_embeds.norm(dim=-1, keepdim=True)
         logit_scale = logit_scale_of(model)
-        scale = scale_from_log(logit_scale)
-        loss_long = contrastive_loss(scale * text_embeds @ image_embeds.T, label_smoothing=self.label_smoothing)
-        loss_short = contrastive_loss(scale * short_embeds @ coarse_embeds.T, label_smoothing=self.label_smoothing)
-        logs = {"loss_long": loss_long.item(), "loss_short": loss_short.item(), "logit_scale": scale.item()}
+        smoothing = self.label_smoothing
+        if not self.local_loss:
+            loss_long = clip_loss(all_text_embeds, all_image_embeds, logit_scale, label_smoothing=smoothing)
+            loss_short = clip_loss(all_short_embeds, all_coarse_embeds, logit_scale, label_smoothing=smoothing)
+        else:
+            offset = rank_offset(len(short_embeds), short_embeds.device)
+            coarse_embeds = all_coarse_embeds[offset : offset + len(short_embeds)]  # this rank's images
+            loss_long = clip_loss(outputs.text_embeds, outputs.image_embeds, logit_scale, all_text_embeds,
+                                  all_image_embeds, offset, smoothing)
+            loss_short = clip_loss(short_embeds, coarse_embeds, logit_scale, all_short_embeds, all_coarse_embeds,
+                                   offset, smoothing)
+        logs = {"loss_long": loss_long.item(), "loss_short": loss_short.item(),
+                "logit_scale": scale_from_log(logit_scale).item()}
         return loss_long + loss_short, logs
 
 

@@ -207,10 +207,8 @@ def objective_from_arguments(args: ModelArguments, config: SmartCLIPConfig) -> T
     """The `--objective`, weighted by the (possibly overridden) model config."""
     if args.random_mask_density is not None and args.objective != "random_mask":
         raise ValueError(f"--random_mask_density applies to --objective random_mask, not {args.objective!r}.")
-    if args.objective == "longclip":
-        return build_objective("longclip")
-    if args.objective == "clip":
-        return build_objective("clip", local_loss=args.local_loss)
+    if args.objective in ("longclip", "clip"):
+        return build_objective(args.objective, local_loss=args.local_loss)
     kwargs = {"lambda_align": config.lambda_align, "lambda_sparsity": config.lambda_sparsity,
               "local_loss": args.local_loss}
     if args.objective == "random_mask":
