@@ -25,7 +25,9 @@ atomic accuracy over the setting's seeds, the same rule as every table of this p
     python -m smartclip_experiments.union_head --quick      # seconds: checks the script, measures nothing
 
 Under `--output_dir` (default `outputs/union-head`): `runs.jsonl` (one line per run: setting, seed, arm, final
-metrics, trajectory; finished runs are reused on a later call), `results.md` (the tables).
+metrics, trajectory; finished runs are reused on a later call), `results.md` (the tables), and the means over seeds
+along training: `atomic_along_training.png`, `density_sentence_along_training.png`,
+`density_long_along_training.png`, `sentence_overlap_along_training.png`.
 """
 
 import json
@@ -44,6 +46,8 @@ from smartclip_data.sources import DataArguments, builtin_scenes
 from smartclip_eval.evaluate import evaluate_model
 from smartclip_eval.sets import MaskStatsSet, atomic_probe_set, scene_eval_sets
 from smartclip_train.train import ModelArguments, SmartCLIPTrainingArguments, run_training
+
+from .plots import plot_training_curves
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +213,31 @@ def report(args: UnionHeadArguments, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mean_trajectory(trajectories: list[list[dict]], key: str, name: str) -> list[dict]:
+    """`[{"step": s, name: mean over the runs of key at s}, ...]`, as `plot_training_curves` reads a log history."""
+    return [{"step": records[0]["step"], name: statistics.mean(record[key] for record in records)}
+            for records in zip(*trajectories)]
+
+
+def plot(args: UnionHeadArguments, runs: list[dict], output_dir: Path) -> None:
+    """`atomic_along_training.png` (CLIP plain, union head modular) and one plot per mask statistic, each line the
+    mean over the seeds of one setting."""
+    by_setting = {setting: [find_run(runs, run_key(setting, seed, arm)) for seed in args.seed_list
+                            for arm in ("clip", "union")] for setting in args.setting_list}
+    atomic, masks = {}, {stat: {} for stat in ("density_sentence", "density_long", "sentence_overlap")}
+    for setting, setting_runs in by_setting.items():
+        clip = [run["trajectory"] for run in setting_runs if run and run["arm"] == "clip"]
+        union = [run["trajectory"] for run in setting_runs if run and run["arm"] == "union"]
+        if clip and union:
+            atomic[f"{setting}: CLIP"] = mean_trajectory(clip, f"plain:{ATOMIC}", "atomic")
+            atomic[f"{setting}: union, modular"] = mean_trajectory(union, f"modular:{ATOMIC}", "atomic")
+            for stat, curves in masks.items():
+                curves[setting] = mean_trajectory(union, f"mask:scenes/{stat}", stat)
+    plot_training_curves(atomic, output_dir / "atomic_along_training.png", key="atomic")
+    for stat, curves in masks.items():
+        plot_training_curves(curves, output_dir / f"{stat}_along_training.png", key=stat)
+
+
 def main(argv: list[str] | None = None) -> None:
     (args,) = HfArgumentParser(UnionHeadArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -232,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = [run for run in load_runs(runs_path) if run["settings"] == settings]
     text = report(args, runs)
     (output_dir / "results.md").write_text(text)
+    plot(args, runs, output_dir)
     print(text)
 
 

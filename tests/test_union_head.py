@@ -21,6 +21,7 @@ def test_quick_sweep_records_trajectories_shares_clip_runs_and_reuses_finished_r
         union["trajectory"][0])
     assert "modular:scenes_atomic/acc" not in runs[0]["final"]  # CLIP is scored plainly only
     assert "| package | 2 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "atomic_along_training.png").stat().st_size > 0
 
     main(argv)  # every run is finished: nothing is trained again
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 6
