@@ -191,22 +191,27 @@ def report(args: UnionHeadArguments, runs: list[dict]) -> str:
             f"{spread([u['final'][f'plain:{ATOMIC}'] for _, _, u in done])} | "
             f"{', '.join(f'{gain:+.3f}' for gain in gains)} | {threshold:.3f} | {called} of {len(done)} |"
         )
-    lines += ["", "## Along training: the union head's masks and its modular atomic accuracy (mean over seeds)", ""]
-    stats = ("modular:" + ATOMIC, "mask:scenes/density_long", "mask:scenes/density_sentence",
-             "mask:scenes/sentence_in_long", "mask:scenes/sentence_overlap")
-    lines += ["| setting | step | " + " | ".join(s.split(":")[1] for s in stats) + " |",
-              "|---|---|" + "---|" * len(stats)]
+    lines += ["", "## Along training: atomic accuracy, the gain, and the union head's masks (mean [min, max] over seeds)",
+              ""]
+    stats = ("mask:scenes/density_long", "mask:scenes/density_sentence", "mask:scenes/sentence_in_long",
+             "mask:scenes/sentence_overlap")
+    lines += ["| setting | step | CLIP | union modular | gain | " + " | ".join(s.split("/")[1] for s in stats) + " |",
+              "|---|---|---|---|---|" + "---|" * len(stats)]
     for setting in args.setting_list:
-        trajectories = [u["trajectory"] for s, _, _, u in pairs if s == setting]
-        for index, record in enumerate(trajectories[0] if trajectories else []):
-            cells = [spread([t[index][s] for t in trajectories]) for s in stats]
+        union = [u["trajectory"] for s, _, _, u in pairs if s == setting]
+        clip = [find_run(runs, run_key(setting, seed, "clip"))["trajectory"] for s, seed, _, _ in pairs if s == setting]
+        for index, record in enumerate(union[0] if union else []):
+            clip_atomic = [t[index][f"plain:{ATOMIC}"] for t in clip]
+            union_atomic = [t[index][f"modular:{ATOMIC}"] for t in union]
+            cells = [spread(clip_atomic), spread(union_atomic), spread([u - c for u, c in zip(union_atomic, clip_atomic)])]
+            cells += [spread([t[index][s] for t in union]) for s in stats]
             lines.append(f"| {setting} | {record['step']} | " + " | ".join(cells) + " |")
     if len(pairs) >= 3:
         lines += ["", f"## What goes with the gain: Pearson's r over the {len(pairs)} (setting, seed) pairs", "",
                   "| statistic of the union head | " + " | ".join(f"step {r['step']}" for r in pairs[0][3]["trajectory"])
                   + " |", "|---|" + "---|" * len(pairs[0][3]["trajectory"])]
         gains = [gain for _, _, gain, _ in pairs]
-        for stat in stats[1:]:
+        for stat in stats:
             cells = [correlation([u["trajectory"][i][stat] for *_, u in pairs], gains)
                      for i in range(len(pairs[0][3]["trajectory"]))]
             lines.append(f"| {stat.split(':')[1]} | " + " | ".join("-" if r != r else f"{r:+.2f}" for r in cells) + " |")
