@@ -13,7 +13,7 @@ Settings (each a change of the first):
 - `package`: the note's `smartclip-train` setting: built-in scenes, 2,000 steps, batch 128, learning rate 1e-3
   for towers and head, weight decay 0.1, linear decay without warm-up, 50/50 long caption or one sentence;
 - `simple-scenes`: the note's own scenes (no size, long captions in slot order; `--no_scenes_sizes
-  --scenes_slot_order`);
+  --scenes_slot_order`); `no-sizes` and `slot-order` change one of the two;
 - `head-lr-1e-2`: the head's learning rate 10x the towers';
 - `cosine`: cosine decay with 5% warm-up (`smartclip-compare`'s schedule).
 
@@ -56,6 +56,8 @@ PACKAGE = {"scenes_sizes": True, "scenes_slot_order": False, "lr_scheduler_type"
 SETTINGS = {
     "package": PACKAGE,
     "simple-scenes": {**PACKAGE, "scenes_sizes": False, "scenes_slot_order": True},
+    "no-sizes": {**PACKAGE, "scenes_sizes": False},
+    "slot-order": {**PACKAGE, "scenes_slot_order": True},
     "head-lr-1e-2": {**PACKAGE, "mask_learning_rate": 1e-2},
     "cosine": {**PACKAGE, "lr_scheduler_type": "cosine", "warmup_steps": 0.05},
 }
