@@ -24,6 +24,9 @@ atomic accuracy over the setting's seeds, the same rule as every table of this p
     python -m smartclip_experiments.union_head --seeds 0,1,2 --settings package,simple-scenes
     python -m smartclip_experiments.union_head --quick      # seconds: checks the script, measures nothing
 
+Seeds or settings may run as separate processes with the same `--output_dir`; a last call with all of them and
+`--report_only` writes the tables over every finished run.
+
 Under `--output_dir` (default `outputs/union-head`): `runs.jsonl` (one line per run: setting, seed, arm, final
 metrics, trajectory; finished runs are reused on a later call), `results.md` (the tables), and the means over seeds
 along training: `atomic_along_training.png`, `density_sentence_along_training.png`,
@@ -77,6 +80,9 @@ class UnionHeadArguments:
     num_test_scenes: int = field(default=1000, metadata={"help": "Held-out test scenes."})
     record_steps: str = field(
         default="100,250,500,1000,1500", metadata={"help": "Steps at which the probe and mask statistics are recorded."}
+    )
+    report_only: bool = field(
+        default=False, metadata={"help": "Write the tables from the finished runs in runs.jsonl; train nothing."}
     )
     quick: bool = field(default=False, metadata={"help": "Tiny smoke-test sizes (overrides sizes and steps)."})
 
@@ -259,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seed_list:
             for arm in ("clip", "union"):
                 key = {**run_key(setting, seed, arm), "settings": settings}
-                if find_run(load_runs(runs_path), key):
+                if args.report_only or find_run(load_runs(runs_path), key):
                     continue
                 logger.info("%s, seed %d, %s: %d steps", setting, seed, arm, args.steps)
                 run = train_one(args, setting, seed, arm)

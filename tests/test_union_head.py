@@ -25,6 +25,9 @@ def test_quick_sweep_records_trajectories_shares_clip_runs_and_reuses_finished_r
 
     main(argv)  # every run is finished: nothing is trained again
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 6
+    main([*argv[:-1], "0,1,2", "--report_only"])  # seed 2 never ran: reported as missing, not trained
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 6
+    assert "| package | 2 |" in (tmp_path / "results.md").read_text()
 
 
 def _run(seed, arm, atomic, density):
