@@ -125,6 +125,8 @@ def run_key(setting: str, seed: int, arm: str) -> dict:
 
 
 def train_one(args: UnionHeadArguments, setting: str, seed: int, arm: str) -> dict:
+    """Trains one arm ("clip" or "union") of `setting` with `seed`; returns its `run_key`, final metrics (`flatten`
+    of every scene evaluation), trajectory (the records along training, then the final metrics) and seconds."""
     values = SETTINGS[setting]
     scenes = builtin_scenes(args.num_train_scenes, args.num_test_scenes, 0, values["scenes_sizes"],
                             values["scenes_slot_order"])
