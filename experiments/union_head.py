@@ -47,7 +47,7 @@ from transformers import HfArgumentParser, TrainerCallback
 
 from smartclip_data.sources import DataArguments, builtin_scenes
 from smartclip_eval.evaluate import evaluate_model
-from smartclip_eval.sets import MaskStatsSet, atomic_probe_set, scene_eval_sets
+from smartclip_eval.sets import AtomicProbeSet, MaskStatsSet, scene_eval_sets
 from smartclip_train.train import ModelArguments, SmartCLIPTrainingArguments, run_training
 
 from .plots import plot_training_curves
@@ -131,7 +131,7 @@ def train_one(args: UnionHeadArguments, setting: str, seed: int, arm: str) -> di
     scenes = builtin_scenes(args.num_train_scenes, args.num_test_scenes, 0, values["scenes_sizes"],
                             values["scenes_slot_order"])
     eval_sets = scene_eval_sets(scenes["test"])
-    along = [atomic_probe_set(scenes["test"])] + [s for s in eval_sets if isinstance(s, MaskStatsSet)]
+    along = [s for s in eval_sets if isinstance(s, (AtomicProbeSet, MaskStatsSet))]  # recorded along training
     scorings = ("plain", "modular") if arm == "union" else ("plain",)
     callback = TrajectoryCallback(along, scorings, args.record_list)
     model_args = ModelArguments(
@@ -173,10 +173,7 @@ def spread(values: list[float]) -> str:
 
 def correlation(xs: list[float], ys: list[float]) -> float:
     """Pearson's r; nan when either side is constant."""
-    xs_t, ys_t = torch.tensor(xs, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)
-    xs_t, ys_t = xs_t - xs_t.mean(), ys_t - ys_t.mean()
-    denominator = (xs_t.norm() * ys_t.norm()).item()
-    return (xs_t @ ys_t).item() / denominator if denominator > 0 else float("nan")
+    return torch.corrcoef(torch.tensor([xs, ys], dtype=torch.float64))[0, 1].item()
 
 
 def report(args: UnionHeadArguments, runs: list[dict]) -> str:
