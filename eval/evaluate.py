@@ -214,8 +214,16 @@ def _mask_stats(encoder: _Encoder, eval_set: MaskStatsSet) -> dict[str, float]:
         "density_long": long_masks.mean().item(),
         "density_sentence": sentence_masks.mean().item(),
         "sentence_in_long": (inside[nonempty] / size[nonempty]).mean().item() if nonempty.any() else math.nan,
-        "sentence_overlap": _mean_overlap(encoder.texts(sorted(set(eval_set.sentences))).text_masks),
+        "sentence_overlap": _mean_overlap(sentence_masks[_first_occurrences(eval_set.sentences)]),
     }
+
+
+def _first_occurrences(texts: list[str]) -> list[int]:
+    """The index of each distinct text's first occurrence in `texts`."""
+    first = {}
+    for index, text in enumerate(texts):
+        first.setdefault(text, index)
+    return list(first.values())
 
 
 def _mean_overlap(masks: torch.Tensor) -> float:
