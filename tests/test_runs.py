@@ -46,7 +46,6 @@ CHILD = """
 import json, resource, signal, sys
 from transformers import TrainerCallback
 from smartclip_train.train import DataArguments, ModelArguments, SmartCLIPTrainingArguments, run_training
-from smartclip_train.train import main as train_main
 
 settings = json.loads(sys.argv[1])
 
