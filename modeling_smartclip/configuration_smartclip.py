@@ -8,6 +8,10 @@ from transformers import CLIPConfig
 SCORINGS = ("plain", "modular")
 MASK_POOLINGS = ("attention", "union")
 LOSS_TYPES = ("smartclip", "clip")
+# Per caption, the weight of its soft mask's L1 norm (Eq. 8-9, the paper's units); chosen by the lambda sweep in
+# docs/results.md.
+LAMBDA_SPARSITY = 1e-3
+SPARSITY_REDUCTIONS = ("sum", "mean")
 # Fields that shape the mask head's weights: a saved head only fits the values it was built with.
 HEAD_ARCHITECTURE_FIELDS = ("mask_pooling", "mask_hidden_size", "mask_num_attention_heads", "mask_intermediate_size")
 
@@ -41,8 +45,13 @@ class SmartCLIPConfig(CLIPConfig):
             `"smartclip"`: the modular loss; `"clip"`: CLIP's symmetric contrastive loss (the ablation baseline).
         lambda_align (`float`, defaults to 1.0):
             Weight of the masked contrastive term (the paper reports it robust from 0.1 to 20).
-        lambda_sparsity (`float`, defaults to 0.01):
-            Weight of the mean soft mask (L1) term.
+        lambda_sparsity (`float`, defaults to `LAMBDA_SPARSITY`):
+            Weight of the sparsity term: each caption's soft mask's L1 norm, averaged over the batch (Eq. 8-9, the
+            paper's units; `losses.modular_loss` says why the alignment term's weight makes them so).
+        sparsity_reduction (`str`, defaults to `"sum"`):
+            `"sum"`: the L1 norm sums over the `projection_dim` dimensions, as Eq. 8 writes it. `"mean"`: it averages
+            over them too, as 0.1.0 did; a saved config without this field loads as `"mean"`, so a folder trained
+            before keeps its loss.
         mask_head_trained (`bool`, defaults to `False`):
             Whether the mask head has been trained (set by the trainer for objectives that train it). Evaluation
             reads it to choose its default scorings: an untrained head's masks are noise. `loss_type` only says what
@@ -59,7 +68,8 @@ class SmartCLIPConfig(CLIPConfig):
     scoring: str = "plain"
     loss_type: str = "smartclip"
     lambda_align: float = 1.0
-    lambda_sparsity: float = 0.01
+    lambda_sparsity: float = LAMBDA_SPARSITY
+    sparsity_reduction: str = "sum"
     mask_head_trained: bool = False
 
     def __post_init__(self, **kwargs):
@@ -68,7 +78,9 @@ class SmartCLIPConfig(CLIPConfig):
 
     def check_fields(self) -> None:
         """Raises a `ValueError` naming the field, rather than failing deep inside a forward pass."""
-        for name, allowed in (("scoring", SCORINGS), ("mask_pooling", MASK_POOLINGS), ("loss_type", LOSS_TYPES)):
+        choices = (("scoring", SCORINGS), ("mask_pooling", MASK_POOLINGS), ("loss_type", LOSS_TYPES),
+                   ("sparsity_reduction", SPARSITY_REDUCTIONS))
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SmartCLIPConfig.{name}={getattr(self, name)!r}; expected one of {allowed}.")
         if not 0.0 < self.mask_threshold < 1.0:
@@ -106,10 +118,12 @@ class SmartCLIPConfig(CLIPConfig):
                 f"built for the saved values): {listed}. "
                 "Convert the CLIP checkpoint again with `SmartCLIPModel.from_clip(clip, **head_fields)`."
             )
+        if "sparsity_reduction" not in config_dict:  # saved before the field existed: 0.1.0's mean
+            config_dict = {**config_dict, "sparsity_reduction": "mean"}
         loaded = super().from_dict(config_dict, **kwargs)
         config = loaded[0] if isinstance(loaded, tuple) else loaded
         config.check_fields()  # load-time overrides are set after construction
         return loaded
 
 
-__all__ = ["SmartCLIPConfig", "SCORINGS"]
+__all__ = ["LAMBDA_SPARSITY", "SCORINGS", "SPARSITY_REDUCTIONS", "SmartCLIPConfig"]

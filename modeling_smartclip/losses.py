@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .configuration_smartclip import LAMBDA_SPARSITY, SPARSITY_REDUCTIONS
 from .masking import masked_similarity
 
 # CLIP caps the temperature at 100 (Radford et al. 2021, Sec. 2.5; open_clip clamps `logit_scale` to ln 100):
@@ -74,6 +75,17 @@ def clip_loss(
     return contrastive_loss(logits_per_text, image_columns, label_offset, label_smoothing)
 
 
+def sparsity_penalty(text_mask_probs: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """The L1 norm of the soft masks `(b, D)` (Eq. 8), averaged over captions: `"sum"` sums each caption's mask over
+    the dimensions (the paper's `||m||_1`, so a mask entry's gradient is `1 / b`); `"mean"` also averages over the
+    dimensions (what 0.1.0 saved; `D` times weaker)."""
+    if reduction == "sum":
+        return text_mask_probs.sum(dim=-1).mean()
+    if reduction == "mean":
+        return text_mask_probs.mean()
+    raise ValueError(f"sparsity reduction {reduction!r}; expected one of {SPARSITY_REDUCTIONS}.")
+
+
 def modular_loss(
     text_embeds: torch.Tensor,
     image_embeds: torch.Tensor,
@@ -81,19 +93,22 @@ def modular_loss(
     text_mask_probs: torch.Tensor,
     logit_scale: torch.Tensor,
     lambda_align: float = 1.0,
-    lambda_sparsity: float = 0.01,
+    lambda_sparsity: float = LAMBDA_SPARSITY,
+    sparsity_reduction: str = "sum",
     all_text_embeds: torch.Tensor | None = None,
     all_image_embeds: torch.Tensor | None = None,
     all_text_masks: torch.Tensor | None = None,
     label_offset: int = 0,
 ) -> torch.Tensor:
-    """SmartCLIP's loss (Eq. 9): `lambda_align * (CE over rows + CE over columns) / 2 + lambda_sparsity * mean(probs)`.
+    """SmartCLIP's loss (Eq. 9): `lambda_align * (CE over rows + CE over columns) / 2 + lambda_sparsity * L1`.
 
     Row b of the logits scores caption b against every image seen through caption b's own mask, so its
-    cross-entropy is `L_ctrT` (Eq. 6-7) and the column cross-entropy is `L_ctrI` (Eq. 5). All inputs are `(b, D)`.
-    The sparsity term averages the soft mask over batch and dimensions (the paper's L1 norm, scaled so its weight
-    does not depend on `D`). `all_text_embeds`, `all_image_embeds`, `all_text_masks` (`(B, D)`, every rank's) make
-    it the local loss (module docstring); each rank's sparsity term is then its own captions' mean.
+    cross-entropy is `L_ctrT` (Eq. 6-7) and the column cross-entropy is `L_ctrI` (Eq. 5). With all-on masks the
+    alignment term is CLIP's loss. Halving the two cross-entropies, as CLIP does, is Eq. 9 with `lambda_align = 1/2`
+    (the paper does not state its value), so `lambda_sparsity` is in the paper's units: the weight of each
+    caption's `||m||_1` (`sparsity_penalty`). All inputs are `(b, D)`. `all_text_embeds`, `all_image_embeds`,
+    `all_text_masks` (`(B, D)`, every rank's) make it the local loss (module docstring); each rank's sparsity term
+    is then its own captions' mean.
     """
     scale = scale_from_log(logit_scale)
     if all_text_embeds is None:
@@ -102,7 +117,7 @@ def modular_loss(
         logits_per_text = masked_similarity(text_embeds, all_image_embeds, text_masks, scale=scale)  # (b, B)
         image_columns = masked_similarity(all_text_embeds, image_embeds, all_text_masks, scale=scale)  # (B, b)
         align = contrastive_loss(logits_per_text, image_columns, label_offset)
-    return lambda_align * align + lambda_sparsity * text_mask_probs.mean()
+    return lambda_align * align + lambda_sparsity * sparsity_penalty(text_mask_probs, sparsity_reduction)
 
 
-__all__ = ["MAX_LOGIT_SCALE", "clip_loss", "contrastive_loss", "modular_loss", "scale_from_log"]
+__all__ = ["MAX_LOGIT_SCALE", "clip_loss", "contrastive_loss", "modular_loss", "scale_from_log", "sparsity_penalty"]

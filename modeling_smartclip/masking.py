@@ -15,6 +15,18 @@ from .configuration_smartclip import SCORINGS, SmartCLIPConfig
 EMPTY_MASK_EPS = 1e-6
 # Caption rows per block in the masked similarity's backward: bounds its temporaries to (512, n_image).
 BACKWARD_ROWS = 512
+# A fresh head starts all-on, so a model converted from CLIP scores and trains exactly as CLIP at step 0: every
+# logit is near MASK_LOGIT_BIAS (sigmoid 0.88, slope 0.10, far from saturation) with a spread of about
+# MASK_LOGIT_SPREAD (weights of std MASK_LOGIT_SPREAD / sqrt(width) on layer-normed tokens), 20 spreads above the
+# threshold's logit 0. A random start (std 1) switched off a random half of the dimensions, and so broke the
+# pretrained alignment before the first step (see docs/design.md).
+MASK_LOGIT_BIAS = 2.0
+MASK_LOGIT_SPREAD = 0.1
+
+
+class MaskLogits(nn.Linear):
+    """The head's last Linear, `(..., width) -> (..., projection_dim)`: its own class so that `_init_weights` can
+    give it the all-on start."""
 
 
 class SmartCLIPMaskHead(nn.Module):
@@ -50,7 +62,7 @@ class SmartCLIPMaskHead(nn.Module):
         if self.pooling == "attention":
             self.query = nn.Parameter(torch.zeros(1, 1, width))
             self.pool = nn.MultiheadAttention(width, block_config.num_attention_heads, batch_first=True)
-        self.to_logits = nn.Linear(width, config.projection_dim)
+        self.to_logits = MaskLogits(width, config.projection_dim)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """
@@ -205,4 +217,4 @@ class _MaskedCosine(torch.autograd.Function):
         return grad_text, grad_image, grad_masks, grad_scale
 
 
-__all__ = ["SmartCLIPMaskHead", "masked_similarity", "similarity"]
+__all__ = ["MaskLogits", "SmartCLIPMaskHead", "masked_similarity", "similarity"]

@@ -13,8 +13,8 @@ from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_smartclip import SmartCLIPConfig
-from .losses import contrastive_loss, scale_from_log
-from .masking import SmartCLIPMaskHead, similarity
+from .losses import clip_loss, modular_loss, scale_from_log
+from .masking import MASK_LOGIT_BIAS, MASK_LOGIT_SPREAD, MaskLogits, SmartCLIPMaskHead, similarity
 
 # Long-CLIP (beichenzbc/Long-CLIP, model/longclip.py L230-251): keep the first 20 positions, stretch the rest 4x.
 KEEP_POSITIONS = 20
@@ -38,15 +38,17 @@ class SmartCLIPOutput(ModelOutput):
         Unit-norm caption embeddings, unmasked.
     image_embeds (`torch.Tensor` of shape `(image_batch_size, projection_dim)`):
         Unit-norm image embeddings, unmasked.
+    text_model_output (`BaseModelOutputWithPooling`):
+        The output of `get_text_features` (its `pooler_output` is the projected caption feature, as CLIP's).
+    vision_model_output (`BaseModelOutputWithPooling`):
+        The output of `get_image_features` (its `pooler_output` is the projected image feature, as CLIP's).
     text_masks (`torch.Tensor` of shape `(text_batch_size, projection_dim)`):
         Each caption's binary mask (0/1 values, straight-through gradient); `None` when the mask head was skipped
         (see `output_text_masks`).
     text_mask_probs (`torch.Tensor` of shape `(text_batch_size, projection_dim)`):
         The sigmoid probabilities the masks were thresholded from; `None` with `text_masks`.
-    text_model_output (`BaseModelOutputWithPooling`):
-        The output of `get_text_features` (its `pooler_output` is the projected caption feature, as CLIP's).
-    vision_model_output (`BaseModelOutputWithPooling`):
-        The output of `get_image_features` (its `pooler_output` is the projected image feature, as CLIP's).
+
+    CLIPModel's fields come first, in its order, so that `return_dict=False` tuples index as CLIPModel's do.
     """
 
     loss: torch.Tensor | None = None
@@ -54,10 +56,10 @@ class SmartCLIPOutput(ModelOutput):
     logits_per_text: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
-    text_masks: torch.Tensor | None = None
-    text_mask_probs: torch.Tensor | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
+    text_masks: torch.Tensor | None = None
+    text_mask_probs: torch.Tensor | None = None
 
     def to_tuple(self) -> tuple:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
@@ -91,6 +93,9 @@ class SmartCLIPPreTrainedModel(CLIPPreTrainedModel):
             init.normal_(module.text_projection.weight, std=module.text_embed_dim**-0.5 * factor)
             init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5 * factor)
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        elif isinstance(module, MaskLogits):  # all-on start (masking.py)
+            init.normal_(module.weight, std=MASK_LOGIT_SPREAD * module.in_features**-0.5 * factor)
+            init.constant_(module.bias, MASK_LOGIT_BIAS)
         elif isinstance(module, SmartCLIPMaskHead) and module.pooling == "attention":
             init.normal_(module.query, std=module.query.shape[-1] ** -0.5 * factor)
         elif isinstance(module, nn.MultiheadAttention):  # the head's attention pooling, CLIPAttention's scheme
@@ -188,7 +193,7 @@ class SmartCLIPModel(SmartCLIPPreTrainedModel):
 
     def to_clip(self) -> CLIPModel:
         """The towers as a transformers `CLIPModel` (248 positions, no mask head): the inverse of `from_clip`."""
-        skip = ("mask_", "scoring", "loss_type", "lambda_", "auto_map", "architectures", "model_type")
+        skip = ("mask_", "scoring", "loss_type", "lambda_", "sparsity_", "auto_map", "architectures", "model_type")
         config = {k: v for k, v in self.config.to_dict().items() if not k.startswith(skip)}
         clip = CLIPModel(CLIPModel.config_class(**config)).to(self.dtype)
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("mask_head.")}
@@ -281,23 +286,11 @@ class SmartCLIPModel(SmartCLIPPreTrainedModel):
         """Each caption's binary mask over the embedding dimensions: `(batch_size, projection_dim)`, values 0/1."""
         return self._text_tower(input_ids, attention_mask)[1]
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    def encode_text_and_masks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """Unit-norm caption embeddings and their masks from one pass: two `(batch_size, projection_dim)` tensors."""
         text_outputs, masks, _ = self._text_tower(input_ids, attention_mask)
         text_features = text_outputs.pooler_output
         return text_features / text_features.norm(dim=-1, keepdim=True), masks
-
-    def score(self, text_embeds, image_embeds, text_masks, scoring: str | None = None) -> torch.Tensor:
-        """Deprecated: `exp(logit_scale) * similarity(text_embeds, image_embeds, text_masks, scoring)`; call
-        `modeling_smartclip.similarity` (unscaled cosines, as the retrieval helpers use)."""
-        warnings.warn(
-            "SmartCLIPModel.score is deprecated; use modeling_smartclip.similarity(text_embeds, image_embeds, "
-            "text_masks, scoring) (times model.logit_scale.exp() for logits).",
-            FutureWarning,
-            stacklevel=2,
-        )
-        scores = similarity(text_embeds, image_embeds, text_masks, scoring or self.config.scoring)
-        return self.logit_scale.exp() * scores
 
     # ----- forward ------------------------------------------------------------------------------------------------
 
@@ -367,19 +360,16 @@ class SmartCLIPModel(SmartCLIPPreTrainedModel):
         text_embeds = text_outputs.pooler_output
         text_embeds = text_embeds / text_embeds.norm(dim=-1, keepdim=True)  # (n_text, D)
 
-        scale = scale_from_log(self.logit_scale)
         logits_per_text = loss = None
         if return_logits:
+            scale = scale_from_log(self.logit_scale)
             logits_per_text = similarity(text_embeds, image_embeds, text_masks, self.config.scoring, scale=scale)
-        if return_loss:
-            loss_scoring = "modular" if uses_modular_loss else "plain"
-            if logits_per_text is None or self.config.scoring != loss_scoring:
-                loss_logits = similarity(text_embeds, image_embeds, text_masks, loss_scoring, scale=scale)
-            else:  # the same (n, n) scores: computed once
-                loss_logits = logits_per_text
-            loss = contrastive_loss(loss_logits)
-            if uses_modular_loss:  # `losses.modular_loss` on precomputed logits (Eq. 9)
-                loss = self.config.lambda_align * loss + self.config.lambda_sparsity * text_mask_probs.mean()
+        if return_loss and uses_modular_loss:
+            config = self.config
+            loss = modular_loss(text_embeds, image_embeds, text_masks, text_mask_probs, self.logit_scale,
+                                config.lambda_align, config.lambda_sparsity, config.sparsity_reduction)
+        elif return_loss:
+            loss = clip_loss(text_embeds, image_embeds, self.logit_scale)
 
         return SmartCLIPOutput(
             loss=loss,
@@ -387,10 +377,10 @@ class SmartCLIPModel(SmartCLIPPreTrainedModel):
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
             image_embeds=image_embeds,
-            text_masks=text_masks,
-            text_mask_probs=text_mask_probs,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
+            text_masks=text_masks,
+            text_mask_probs=text_mask_probs,
         )
 
     def save_pretrained(self, save_directory, *args, **kwargs):

@@ -116,7 +116,7 @@ def encode_texts(
         else:
             tokens = processor(text=batch, return_tensors="pt", padding=True)
             batch, batch_mask = tokens["input_ids"], tokens["attention_mask"].to(model.device)
-        text_embeds, text_masks = model.encode_text(batch.to(model.device), batch_mask)  # (b, D), (b, D)
+        text_embeds, text_masks = model.encode_text_and_masks(batch.to(model.device), batch_mask)  # (b, D), (b, D)
         embeds.append(text_embeds.float())
         masks.append(text_masks.float())
     if not embeds:

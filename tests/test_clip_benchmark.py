@@ -9,7 +9,7 @@ from PIL import Image
 from torch.nn.functional import normalize
 
 from modeling_smartclip import SmartCLIPModel
-from modeling_smartclip.clip_benchmark import wrap
+from smartclip_eval.clip_benchmark import wrap
 from smartclip_eval.evaluate import evaluate_model
 from smartclip_eval.metrics import classification_metrics, retrieval_metrics
 from smartclip_eval.sets import ClassificationSet, RetrievalSet
@@ -104,7 +104,7 @@ def test_modular_scoring_is_the_masked_caption_against_the_image(model, processo
 
     def masked_captions(captions):  # (n, D): unit caption embeddings times their masks, renormalised
         tokens = processor(text=captions, return_tensors="pt", padding=True)
-        text_embeds, text_masks = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+        text_embeds, text_masks = model.encode_text_and_masks(tokens["input_ids"], tokens["attention_mask"])
         return normalize(text_embeds * text_masks, dim=-1)
 
     with torch.no_grad():
@@ -134,7 +134,7 @@ def test_encode_text_rebuilds_the_attention_mask_from_the_token_ids(model, proce
     assert input_ids.dim() == 2 and input_ids.shape[0] == 2
     tokens = processor(text=captions, return_tensors="pt", padding=True)
     with torch.no_grad():
-        text_embeds, text_masks = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+        text_embeds, text_masks = model.encode_text_and_masks(tokens["input_ids"], tokens["attention_mask"])
         torch.testing.assert_close(model_like.encode_text(input_ids), text_embeds * text_masks)
         plain = wrap(model, processor, "plain")[0].encode_text(input_ids, normalize=True)
     torch.testing.assert_close(plain, text_embeds)

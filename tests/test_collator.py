@@ -104,7 +104,8 @@ def test_first_sentence_mode_adds_the_drawn_captions_first_sentences(processor):
     captions = ["a red circle. a blue square.", "a green cross at the top left."]
     examples = [{"image": Image.new("RGB", (32, 32)), "long_caption": c, "short_captions": None} for c in captions]
     batch = CaptionCollator(processor, p_long=1.0, p_sentence=0.0, p_short=0.0, first_sentence=True)(examples)
-    expected = processor.tokenizer(["a red circle.", captions[1]], padding=True, return_tensors="pt")
-    assert torch.equal(batch["short_input_ids"], expected["input_ids"])
-    assert torch.equal(batch["short_attention_mask"], expected["attention_mask"])
-    assert "short_input_ids" not in CaptionCollator(processor, p_long=1.0)(examples)
+    expected = processor.tokenizer(captions + ["a red circle.", captions[1]], padding=True, return_tensors="pt")
+    assert torch.equal(batch["input_ids"], expected["input_ids"])  # captions, then their first sentences
+    assert torch.equal(batch["attention_mask"], expected["attention_mask"])
+    assert len(batch["pixel_values"]) == 2
+    assert len(CaptionCollator(processor, p_long=1.0)(examples)["input_ids"]) == 2

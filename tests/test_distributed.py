@@ -20,7 +20,7 @@ from smartclip_train.trainer import MODEL_INPUTS
 
 WORLD_SIZE = 2
 PER_RANK = 3
-OBJECTIVES = {"smartclip": {}, "clip": {}, "longclip": {"pca_dim": 2}}  # pca_dim below the 6 images' rank
+OBJECTIVES = {"smartclip": {}, "clip": {}, "paired_mask": {}, "longclip": {"pca_dim": 2}}  # pca_dim below the 6 images' rank
 CAPTIONS = [
     "a red circle.", "a large blue square at the top left.", "a green cross and a yellow triangle.",
     "a small red square at the bottom right. a blue circle.", "a triangle.", "a yellow cross at the top right.",
@@ -34,12 +34,18 @@ def tiny_model_and_batch() -> tuple[SmartCLIPModel, dict]:
     config = scratch_clip_config(processor, hidden_size=32, num_layers=1, projection_dim=16)
     # float64: with float32, batch-size-dependent rounding can flip a mask bit that sits at the threshold.
     model = SmartCLIPModel.from_clip(CLIPModel(config), mask_num_attention_heads=4).double()
-    batch = dict(processor.tokenizer(CAPTIONS, padding=True, return_tensors="pt"))
-    first = processor.tokenizer([split_sentences(c)[0] for c in CAPTIONS], padding=True, return_tensors="pt")
-    batch["short_input_ids"], batch["short_attention_mask"] = first["input_ids"], first["attention_mask"]
+    # Captions and their first sentences tokenized together, as the collator does for Long-CLIP (same width).
+    texts = processor.tokenizer(CAPTIONS + [split_sentences(c)[0] for c in CAPTIONS], padding=True, return_tensors="pt")
+    batch = {name: texts[name][: len(CAPTIONS)] for name in ("input_ids", "attention_mask")}
+    batch["first_input_ids"], batch["first_attention_mask"] = (texts[name][len(CAPTIONS) :] for name in texts)
     pixel_values = torch.randn(len(CAPTIONS), 3, 32, 32, generator=torch.Generator().manual_seed(1))
     batch["pixel_values"] = pixel_values.double()
     return model, batch
+
+
+def with_first_sentences(batch: dict) -> dict:
+    """The batch as `CaptionCollator(first_sentence=True)` delivers it: first sentences after the captions."""
+    return batch | {name: torch.cat([batch[name], batch[f"first_{name}"]]) for name in ("input_ids", "attention_mask")}
 
 
 def loss_and_grads(model: SmartCLIPModel, loss_name: str, batch: dict, local_loss: bool = False) -> dict:
@@ -47,7 +53,8 @@ def loss_and_grads(model: SmartCLIPModel, loss_name: str, batch: dict, local_los
     `{"loss": ..., <param name>: grad, ...}`."""
     model.zero_grad(set_to_none=True)
     objective = build_objective(loss_name, local_loss=local_loss, **OBJECTIVES[loss_name])
-    model_inputs = {name: value for name, value in batch.items() if name in MODEL_INPUTS}
+    model_inputs = with_first_sentences(batch) if objective.needs_first_sentence else batch
+    model_inputs = {name: value for name, value in model_inputs.items() if name in MODEL_INPUTS}
     outputs = model(**model_inputs, output_text_masks=objective.needs_text_masks, return_logits=False)
     loss, _ = objective(model, outputs, batch)
     loss.backward()
@@ -98,7 +105,7 @@ def test_two_ranks_match_one_process_on_the_whole_batch(two_rank_results, loss_n
     model, batch = tiny_model_and_batch()
     assert len(batch["input_ids"]) == WORLD_SIZE * PER_RANK
     expected = loss_and_grads(model, loss_name, batch)  # one process: the local loss is the global one
-    assert ("mask_head.to_logits.weight" in expected) == (loss_name == "smartclip")
+    assert ("mask_head.to_logits.weight" in expected) == (loss_name in ("smartclip", "paired_mask"))
     for rank in range(WORLD_SIZE):
         got = load_file(two_rank_results / f"{loss_name}-{mode}-{rank}.safetensors")
         assert got.keys() == expected.keys()

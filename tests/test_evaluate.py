@@ -28,17 +28,9 @@ from smartclip_eval.sets import (
     retrieval_set_from_dataset,
     scene_eval_sets,
 )
-from smartclip_eval.evaluate import (
-    _Encoder,
-    _mean_overlap,
-    choose_split,
-    class_prompts,
-    eval_sets_from_args,
-    evaluate_model,
-    format_table,
-    main,
-    parse_args,
-)
+from smartclip_eval.cli import choose_split, eval_sets_from_args, main, parse_args
+from smartclip_eval.evaluate import _Encoder, _mean_overlap, class_prompts, evaluate_model
+from smartclip_eval.tables import format_table
 from smartclip_data.scenes import describe, make_scenes
 
 RETRIEVAL = [f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)]
@@ -130,7 +122,7 @@ def test_class_prompts_average_embeddings_and_take_the_union_of_masks(model, pro
     prompts = [template.replace("{}", "red circle") for template in eval_set.templates]
     tokens = processor(text=prompts, return_tensors="pt", padding=True)
     with torch.no_grad():
-        embeds, masks = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+        embeds, masks = model.encode_text_and_masks(tokens["input_ids"], tokens["attention_mask"])
     mean = embeds.mean(dim=0)
     torch.testing.assert_close(classes.text_embeds[red_circle], mean / mean.norm(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(classes.text_masks[red_circle], masks.amax(dim=0))

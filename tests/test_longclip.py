@@ -10,14 +10,14 @@ import torch
 from smartclip_train.objectives import LongCLIPLoss, build_objective
 from smartclip_train.train import main as train_main
 
-from .test_distributed import OBJECTIVES, tiny_model_and_batch
+from .test_distributed import OBJECTIVES, tiny_model_and_batch, with_first_sentences
 
 PCA_DIM = OBJECTIVES["longclip"]["pca_dim"]  # below the 6-image batch's rank: the decomposition is not the identity
 
 
 def forward_and_loss(model, batch: dict, objective: LongCLIPLoss) -> tuple[torch.Tensor, dict]:
     model_inputs = {name: batch[name] for name in ("input_ids", "attention_mask", "pixel_values")}
-    return objective(model, model(**model_inputs), batch)
+    return objective(model, model(**model_inputs, return_logits=False), batch)
 
 
 def reference_loss(image, long_text, short_text, scale: float, k: int, smoothing: float) -> float:
@@ -68,10 +68,10 @@ def test_loss_equals_a_direct_computation_on_a_hand_made_batch():
     model, batch = tiny_model_and_batch()
     with torch.no_grad():
         model.logit_scale.fill_(math.log(20.0))
-        loss, logs = forward_and_loss(model, batch, LongCLIPLoss(pca_dim=PCA_DIM, label_smoothing=0.1))
+        loss, logs = forward_and_loss(model, with_first_sentences(batch), LongCLIPLoss(pca_dim=PCA_DIM, label_smoothing=0.1))
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                         pixel_values=batch["pixel_values"])
-        short = model.get_text_features(batch["short_input_ids"], batch["short_attention_mask"]).pooler_output
+        short = model.get_text_features(batch["first_input_ids"], batch["first_attention_mask"]).pooler_output
     expected = reference_loss(
         outputs.image_embeds, outputs.text_embeds, short / short.norm(dim=1, keepdim=True), 20.0, PCA_DIM, 0.1
     )
@@ -83,7 +83,7 @@ def test_loss_equals_a_direct_computation_on_a_hand_made_batch():
 def test_gradients_reach_both_towers_and_the_temperature_but_not_the_mask_head():
     model, batch = tiny_model_and_batch()
     model.mask_head.requires_grad_(False)  # what training with this objective does
-    loss, _ = forward_and_loss(model, batch, build_objective("longclip", pca_dim=PCA_DIM))
+    loss, _ = forward_and_loss(model, with_first_sentences(batch), build_objective("longclip", pca_dim=PCA_DIM))
     loss.backward()
     grads = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
     assert all(torch.isfinite(grad).all() for grad in grads.values())
@@ -95,7 +95,6 @@ def test_gradients_reach_both_towers_and_the_temperature_but_not_the_mask_head()
 
 def test_a_batch_without_first_sentences_is_a_clear_error():
     model, batch = tiny_model_and_batch()
-    del batch["short_input_ids"], batch["short_attention_mask"]
     with pytest.raises(ValueError, match="first_sentence=True"):
         forward_and_loss(model, batch, LongCLIPLoss())
     with pytest.raises(ValueError, match="pca_dim=0"):

@@ -123,15 +123,17 @@ def test_baseline_and_control_keep_the_head_and_save_plain_scoring(tmp_path, obj
 
 
 def test_objective_names_and_errors():
-    assert set(OBJECTIVES) == {"smartclip", "clip", "random_mask", "longclip"}
-    with pytest.raises(ValueError, match=r"objective 'siglip'; expected one of \('smartclip', 'clip', 'random_mask', 'longclip'\)"):
+    assert set(OBJECTIVES) == {"smartclip", "clip", "random_mask", "paired_mask", "longclip"}
+    with pytest.raises(ValueError, match=r"objective 'siglip'; expected one of \('smartclip', 'clip', 'random_mask', 'paired_mask', 'longclip'\)"):
         build_objective("siglip")
     with pytest.raises(ValueError, match="density"):
         build_objective("random_mask", density=1.5)
 
 
-@pytest.mark.parametrize("objective", ["smartclip", "clip", "random_mask"])
+@pytest.mark.parametrize("objective", ["smartclip", "clip", "random_mask", "paired_mask", "longclip"])
 def test_local_loss_flag_reaches_the_objective(objective):
     config = SmartCLIPModel.config_class()
-    assert objective_from_arguments(ModelArguments(objective=objective, local_loss=True), config).local_loss is True
-    assert objective_from_arguments(ModelArguments(objective=objective), config).local_loss is False
+    density = {"random_mask_density": 0.5} if objective == "random_mask" else {}
+    for local_loss in (True, False):
+        args = ModelArguments(objective=objective, local_loss=local_loss, **density)
+        assert objective_from_arguments(args, config).local_loss is local_loss

@@ -66,12 +66,13 @@ class CaptionCollator:
         p_long, p_sentence, p_short: weights of the three caption sources, renormalised per example over the
             sources it has (a long caption provides "long" and "sentence"; a non-empty short list provides "short").
         seed: seed of the draws.
-        first_sentence: also deliver the first sentence of each drawn caption, as `short_input_ids` and
-            `short_attention_mask` (`(B, T_short)`): Long-CLIP's short caption (with `p_long=1`, as Long-CLIP
-            trains, the long caption's first sentence).
+        first_sentence: also deliver the first sentence of each drawn caption, as text rows `B..2B-1` after the
+            `B` captions: Long-CLIP's short caption (with `p_long=1`, as Long-CLIP trains, the long caption's first
+            sentence), encoded in the same text pass as the captions.
 
     Examples are dicts with `image` (anything `load_image` reads), `long_caption` (`str` or `None`) and
-    `short_captions` (`list[str]` or `None`). The batch is `input_ids`, `attention_mask` (`(B, T)`),
+    `short_captions` (`list[str]` or `None`). The batch is `input_ids`, `attention_mask` (`(B, T)`, or `(2B, T)`
+    with `first_sentence`),
     `pixel_values` (`(B, 3, H, W)`) and `return_loss=True`.
     """
 
@@ -106,19 +107,16 @@ class CaptionCollator:
 
     def __call__(self, examples: list[dict]) -> dict:
         captions = [self.draw(example)[1] for example in examples]
+        if self.first_sentence:  # one text pass encodes both: rows B..2B-1 are rows 0..B-1's first sentences
+            captions += [split_sentences(caption)[0] for caption in captions]
         images = [load_image(example[IMAGE]) for example in examples]
         batch = self.processor(text=captions, images=images, return_tensors="pt", padding=True)
-        collated = {
+        return {
             "input_ids": batch["input_ids"],
             "attention_mask": batch["attention_mask"],
             "pixel_values": batch["pixel_values"],
             "return_loss": True,
         }
-        if self.first_sentence:
-            first = self.processor(text=[split_sentences(c)[0] for c in captions], return_tensors="pt", padding=True)
-            collated["short_input_ids"] = first["input_ids"]
-            collated["short_attention_mask"] = first["attention_mask"]
-        return collated
 
     @contextmanager
     def fixed_epoch(self, epoch: int):

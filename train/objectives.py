@@ -8,10 +8,11 @@ A related method brings its own `TrainingLoss` subclass and hands an instance to
 """
 
 import torch
+import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
-from modeling_smartclip import SmartCLIPOutput, clip_loss, modular_loss
-from modeling_smartclip.losses import scale_from_log
+from modeling_smartclip import SmartCLIPConfig, SmartCLIPOutput, clip_loss, modular_loss
+from modeling_smartclip.losses import LAMBDA_SPARSITY, scale_from_log, sparsity_penalty
 
 from .distributed import gather_features, rank_offset
 
@@ -26,6 +27,8 @@ class TrainingLoss:
         (The saved `SmartCLIPConfig.mask_head_trained` is `trains_mask_head`.)
         needs_text_masks: whether the loss reads `outputs.text_masks`; the trainer passes it to `forward` as
             `output_text_masks`, so the mask head runs only when it is used.
+        needs_first_sentence: whether the batch must also hold each caption's first sentence; the collator then
+            appends them to the captions (`CaptionCollator(first_sentence=True)`), so one text pass encodes both.
 
     The core objectives take `local_loss: bool = False`: with it, each rank scores only its own captions against all
     gathered images and its own images against all gathered captions (open_clip's `local_loss`), so per-rank loss
@@ -38,6 +41,12 @@ class TrainingLoss:
     scoring: str = "plain"
     config_loss_type: str = "clip"
     needs_text_masks: bool = True
+    needs_first_sentence: bool = False
+
+    @classmethod
+    def from_arguments(cls, args, config: SmartCLIPConfig) -> "TrainingLoss":
+        """The objective as `smartclip-train`'s `ModelArguments` (`args`) and the model's config configure it."""
+        return cls(local_loss=args.local_loss)
 
     def __call__(self, model, outputs: SmartCLIPOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Returns the scalar loss of the global batch and a few numbers to log."""
@@ -78,10 +87,16 @@ class ModularLoss(TrainingLoss):
     scoring = "modular"
     config_loss_type = "smartclip"
 
-    def __init__(self, lambda_align: float = 1.0, lambda_sparsity: float = 0.01, local_loss: bool = False):
+    def __init__(self, lambda_align: float = 1.0, lambda_sparsity: float = LAMBDA_SPARSITY,
+                 sparsity_reduction: str = "sum", local_loss: bool = False):
         self.lambda_align = lambda_align
         self.lambda_sparsity = lambda_sparsity
+        self.sparsity_reduction = sparsity_reduction
         self.local_loss = local_loss
+
+    @classmethod
+    def from_arguments(cls, args, config: SmartCLIPConfig) -> "ModularLoss":
+        return cls(config.lambda_align, config.lambda_sparsity, config.sparsity_reduction, args.local_loss)
 
     def masks(self, outputs: SmartCLIPOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """`(masks, probs)`, both `(local_batch, D)`: the head's hard masks and the sigmoids of the sparsity term."""
@@ -90,21 +105,20 @@ class ModularLoss(TrainingLoss):
     def __call__(self, model, outputs: SmartCLIPOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         masks, probs = self.masks(outputs)
         logit_scale = logit_scale_of(model)
+        weights = (self.lambda_align, self.lambda_sparsity, self.sparsity_reduction)
         if not self.local_loss:
             text_embeds, image_embeds, masks, probs = gather_features(
                 outputs.text_embeds, outputs.image_embeds, masks, probs
             )
-            loss = modular_loss(
-                text_embeds, image_embeds, masks, probs, logit_scale, self.lambda_align, self.lambda_sparsity
-            )
+            loss = modular_loss(text_embeds, image_embeds, masks, probs, logit_scale, *weights)
         else:
             all_text_embeds, all_image_embeds, all_masks = gather_features(
                 outputs.text_embeds, outputs.image_embeds, masks
             )
             offset = rank_offset(len(masks), masks.device)
             loss = modular_loss(
-                outputs.text_embeds, outputs.image_embeds, masks, probs, logit_scale, self.lambda_align,
-                self.lambda_sparsity, all_text_embeds, all_image_embeds, all_masks, offset,
+                outputs.text_embeds, outputs.image_embeds, masks, probs, logit_scale, *weights,
+                all_text_embeds, all_image_embeds, all_masks, offset,
             )
         return loss, {"mask_density": masks.detach().mean().item(), "logit_scale": logit_scale.exp().item()}
 
@@ -112,29 +126,72 @@ class ModularLoss(TrainingLoss):
 class RandomMaskLoss(ModularLoss):
     """Control: the modular loss with random masks instead of the head's, to show what a learned mask adds.
 
-    Each step draws new Bernoulli masks, one per caption, whose density is `density` or, by default, the density
-    of the head's current hard masks on this batch. The head gets no gradient (it is frozen), and the sparsity
-    term only adds a constant (`lambda_sparsity` times the random masks' mean).
+    Each step draws new Bernoulli masks, one per caption, of density `density`: pass the density of the trained
+    SmartCLIP masks this run controls (`smartclip-compare` measures it). `None` reads the density of the head's
+    current hard masks on each batch, which is only meaningful for a head that was trained
+    (`config.mask_head_trained`); `from_arguments` refuses it otherwise. The head gets no gradient (it is frozen),
+    and the sparsity term only adds a constant.
     """
 
     trains_mask_head = False
     scoring = "plain"
     config_loss_type = "clip"  # the head stays untrained, so `forward`'s loss is CLIP's
 
-    def __init__(
-        self, lambda_align: float = 1.0, lambda_sparsity: float = 0.01, density: float | None = None,
-        local_loss: bool = False,
-    ):
-        super().__init__(lambda_align, lambda_sparsity, local_loss)
+    def __init__(self, lambda_align: float = 1.0, lambda_sparsity: float = LAMBDA_SPARSITY,
+                 sparsity_reduction: str = "sum", density: float | None = None, local_loss: bool = False):
+        super().__init__(lambda_align, lambda_sparsity, sparsity_reduction, local_loss)
         if density is not None and not 0.0 <= density <= 1.0:
             raise ValueError(f"RandomMaskLoss: density={density}; expected a value in [0, 1] or None.")
         self.density = density
+        self.needs_text_masks = density is None  # a given density never runs the head
+
+    @classmethod
+    def from_arguments(cls, args, config: SmartCLIPConfig) -> "RandomMaskLoss":
+        if args.random_mask_density is None and not config.mask_head_trained:
+            raise ValueError(
+                "--objective random_mask needs --random_mask_density (the density of the trained SmartCLIP masks "
+                "it controls): this model's mask head is untrained, so its own density says nothing."
+            )
+        return cls(config.lambda_align, config.lambda_sparsity, config.sparsity_reduction,
+                   args.random_mask_density, args.local_loss)
 
     def masks(self, outputs: SmartCLIPOutput) -> tuple[torch.Tensor, torch.Tensor]:
-        head_masks = outputs.text_masks.detach()
-        density = head_masks.mean() if self.density is None else self.density
-        random_masks = torch.bernoulli(torch.full_like(head_masks, float(density)))
+        if self.density is None:
+            density = float(outputs.text_masks.detach().mean())
+        else:
+            density = self.density
+        random_masks = torch.bernoulli(torch.full_like(outputs.text_embeds, density))
         return random_masks, random_masks
+
+
+class PairedMaskLoss(TrainingLoss):
+    """The paper's "w.o. Modular" ablation (Fig. 5): each image is masked by its own caption's mask, then CLIP's
+    loss compares the masked images with every caption.
+
+    Unlike `ModularLoss`, caption a meets image b through caption b's mask, not its own, so a mask can make a pair
+    recognisable by its mask pattern alone: the shortcut the paper's modular pairing removes. Scores plainly after
+    training (an unpaired image has no caption to take a mask from).
+    """
+
+    trains_mask_head = True
+    config_loss_type = "clip"
+
+    def __init__(self, lambda_sparsity: float = LAMBDA_SPARSITY, sparsity_reduction: str = "sum",
+                 local_loss: bool = False):
+        self.lambda_sparsity = lambda_sparsity
+        self.sparsity_reduction = sparsity_reduction
+        self.local_loss = local_loss
+
+    @classmethod
+    def from_arguments(cls, args, config: SmartCLIPConfig) -> "PairedMaskLoss":
+        return cls(config.lambda_sparsity, config.sparsity_reduction, args.local_loss)
+
+    def __call__(self, model, outputs: SmartCLIPOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        masked_images = F.normalize(outputs.image_embeds * outputs.text_masks, dim=-1)  # (b, D)
+        penalty = self.lambda_sparsity * sparsity_penalty(outputs.text_mask_probs, self.sparsity_reduction)
+        paired = SmartCLIPOutput(text_embeds=outputs.text_embeds, image_embeds=masked_images)
+        loss, logs = CLIPLoss(self.local_loss)(model, paired, batch)
+        return loss + penalty, logs | {"mask_density": outputs.text_masks.detach().mean().item()}
 
 
 class LongCLIPLoss(TrainingLoss):
@@ -148,8 +205,8 @@ class LongCLIPLoss(TrainingLoss):
     Unlike Long-CLIP, which decomposes each GPU's own batch, the components come from the gathered global batch, so
     the loss does not depend on how the batch is split over ranks.
 
-    The batch needs the first sentences' tokens, `short_input_ids` and `short_attention_mask`
-    (`CaptionCollator(first_sentence=True)`); they go through the text tower in a second pass here. With
+    The batch holds each caption's first sentence after the captions (`needs_first_sentence`), so `forward`'s
+    one text pass encodes both: `outputs.text_embeds` is `(2 * local_batch, D)`, long captions first. With
     `local_loss` both terms are local (`TrainingLoss`); the components still come from the whole gathered batch.
     """
 
@@ -183,18 +240,16 @@ class LongCLIPLoss(TrainingLoss):
         return (centred @ top @ top.T).to(features.dtype) + mean  # (N, D)
 
     def __call__(self, model, outputs: SmartCLIPOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        if "short_input_ids" not in batch:
+        images = len(outputs.image_embeds)
+        if len(outputs.text_embeds) != 2 * images:
             raise ValueError(
-                "the longclip objective needs each caption's first sentence in the batch (`short_input_ids`, "
-                "`short_attention_mask`); got only " + ", ".join(batch) + ". Build the collator with "
+                f"the longclip objective needs each caption's first sentence after the captions ({2 * images} texts "
+                f"for {images} images); got {len(outputs.text_embeds)}. Build the collator with "
                 "CaptionCollator(..., first_sentence=True)."
             )
-        short_features = extract_model_from_parallel(model).get_text_features(
-            input_ids=batch["short_input_ids"], attention_mask=batch.get("short_attention_mask")
-        ).pooler_output  # (local_batch, D)
-        short_embeds = short_features / short_features.norm(dim=-1, keepdim=True)  # (local_batch, D)
+        text_embeds, short_embeds = outputs.text_embeds[:images], outputs.text_embeds[images:]  # (local_batch, D)
         all_text_embeds, all_image_embeds, all_short_embeds = gather_features(
-            outputs.text_embeds, outputs.image_embeds, short_embeds
+            text_embeds, outputs.image_embeds, short_embeds
         )
         all_coarse_embeds = self.principal_components(all_image_embeds, self.pca_dim)  # (B, D)
         all_coarse_embeds = all_coarse_embeds / all_coarse_embeds.norm(dim=-1, keepdim=True)
@@ -206,7 +261,7 @@ class LongCLIPLoss(TrainingLoss):
         else:
             offset = rank_offset(len(short_embeds), short_embeds.device)
             coarse_embeds = all_coarse_embeds[offset : offset + len(short_embeds)]  # this rank's images
-            loss_long = clip_loss(outputs.text_embeds, outputs.image_embeds, logit_scale, all_text_embeds,
+            loss_long = clip_loss(text_embeds, outputs.image_embeds, logit_scale, all_text_embeds,
                                   all_image_embeds, offset, smoothing)
             loss_short = clip_loss(short_embeds, coarse_embeds, logit_scale, all_short_embeds, all_coarse_embeds,
                                    offset, smoothing)
@@ -215,23 +270,24 @@ class LongCLIPLoss(TrainingLoss):
         return loss_long + loss_short, logs
 
 
-OBJECTIVES = ("smartclip", "clip", "random_mask", "longclip")
+# The core trainer's `--objective` choices: the one place a name picks an objective.
+OBJECTIVES: dict[str, type[TrainingLoss]] = {
+    "smartclip": ModularLoss,
+    "clip": CLIPLoss,
+    "random_mask": RandomMaskLoss,
+    "paired_mask": PairedMaskLoss,
+    "longclip": LongCLIPLoss,
+}
 
 
 def build_objective(name: str, **kwargs) -> TrainingLoss:
-    """The core objective `name` (one of `OBJECTIVES`), constructed with `kwargs`."""
-    if name == "smartclip":
-        return ModularLoss(**kwargs)
-    elif name == "clip":
-        return CLIPLoss(**kwargs)
-    elif name == "random_mask":
-        return RandomMaskLoss(**kwargs)
-    elif name == "longclip":
-        return LongCLIPLoss(**kwargs)
-    raise ValueError(f"objective {name!r}; expected one of {OBJECTIVES}.")
+    """The core objective `name` (a key of `OBJECTIVES`), constructed with `kwargs`."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective {name!r}; expected one of {tuple(OBJECTIVES)}.")
+    return OBJECTIVES[name](**kwargs)
 
 
 __all__ = [
-    "OBJECTIVES", "CLIPLoss", "LongCLIPLoss", "ModularLoss", "RandomMaskLoss", "TrainingLoss", "build_objective",
-    "logit_scale_of",
+    "OBJECTIVES", "CLIPLoss", "LongCLIPLoss", "ModularLoss", "PairedMaskLoss", "RandomMaskLoss", "TrainingLoss",
+    "build_objective", "logit_scale_of",
 ]

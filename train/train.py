@@ -37,7 +37,7 @@ from smartclip_data.sources import DataArguments, DropCounter, load_split
 from smartclip_hub.card import write_model_card
 
 from .collator import CaptionCollator, CaptionEpochCallback
-from .objectives import OBJECTIVES, TrainingLoss, build_objective
+from .objectives import OBJECTIVES, TrainingLoss
 from .run_folder import RunLock, check_output_dir, resolve_checkpoint
 from .trainer import SmartCLIPTrainer
 
@@ -65,11 +65,22 @@ class ModelArguments:
     processor_name_or_path: str | None = field(
         default=None, metadata={"help": "Processor source; default: the model's."}
     )
-    objective: str = field(default="smartclip", metadata={"help": "Training objective.", "choices": OBJECTIVES})
+    objective: str = field(
+        default="smartclip",
+        metadata={"help": "Training objective: smartclip (the modular loss), clip (the baseline), random_mask (the "
+                  "control: random masks of --random_mask_density), paired_mask (the paper's 'w.o. Modular' "
+                  "ablation: each image masked by its own caption's mask), longclip.", "choices": list(OBJECTIVES)},
+    )
     lambda_align: float | None = field(default=None, metadata={"help": "Weight of the masked contrastive term."})
-    lambda_sparsity: float | None = field(default=None, metadata={"help": "Weight of the mean soft mask (L1) term."})
+    lambda_sparsity: float | None = field(
+        default=None,
+        metadata={"help": "Weight of the sparsity term, in the paper's units (Eq. 8-9: per caption the L1 norm of its "
+                  "soft mask, summed over dimensions, averaged over the batch); None: the model config's."},
+    )
     random_mask_density: float | None = field(
-        default=None, metadata={"help": "random_mask objective: density of the random masks; None: the head's own."}
+        default=None,
+        metadata={"help": "random_mask objective: density of the random masks (that of the trained SmartCLIP masks "
+                  "it controls); None: the starting model's head's own, only if that head was trained."},
     )
     mask_pooling: str | None = field(default=None, metadata={"help": "Mask head pooling: attention (paper) or union."})
     mask_hidden_size: int | None = field(default=None, metadata={"help": "Mask head width; None: the text tower's."})
@@ -207,13 +218,7 @@ def objective_from_arguments(args: ModelArguments, config: SmartCLIPConfig) -> T
     """The `--objective`, weighted by the (possibly overridden) model config."""
     if args.random_mask_density is not None and args.objective != "random_mask":
         raise ValueError(f"--random_mask_density applies to --objective random_mask, not {args.objective!r}.")
-    if args.objective in ("longclip", "clip"):
-        return build_objective(args.objective, local_loss=args.local_loss)
-    kwargs = {"lambda_align": config.lambda_align, "lambda_sparsity": config.lambda_sparsity,
-              "local_loss": args.local_loss}
-    if args.objective == "random_mask":
-        kwargs["density"] = args.random_mask_density
-    return build_objective(args.objective, **kwargs)
+    return OBJECTIVES[args.objective].from_arguments(args, config)
 
 
 def prepare_model_for_objective(model: SmartCLIPModel, objective: TrainingLoss) -> None:
@@ -330,7 +335,7 @@ def run_training(
         collator = CaptionCollator(
             caption_processor(processor, data_args.max_seq_length, positions),
             data_args.p_long, data_args.p_sentence, data_args.p_short, seed=seed,
-            first_sentence=getattr(objective, "needs_first_sentence", False),
+            first_sentence=objective.needs_first_sentence,
         )
         data_collator = collator
         if data_step is not None and train_dataset is not None:
@@ -402,6 +407,17 @@ def parse_flags_or_file(dataclass_types: tuple[type, ...], argv: list[str] | Non
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def resolve_device(device: str) -> torch.device:
+    """A command's `--device`: `"auto"` picks CUDA when available, else CPU; `"cuda"` without CUDA is an error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device={device!r}; expected 'auto', 'cpu' or 'cuda'.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device='cuda' but torch sees no CUDA device.")
+    return torch.device(device)
+
+
 def parse_args(argv: list[str] | None = None, extra_arguments: tuple[type, ...] = ()) -> tuple:
     """`(ModelArguments, DataArguments, SmartCLIPTrainingArguments, *extra)`; `extra_arguments` are a related
     method's own dataclasses."""
@@ -443,6 +459,7 @@ __all__ = [
     "parse_args",
     "parse_flags_or_file",
     "prepare_model_for_objective",
+    "resolve_device",
     "run_training",
     "set_up_logging",
     "write_run_record",

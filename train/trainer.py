@@ -79,7 +79,7 @@ class SmartCLIPTrainer(Trainer):
         # so `forward` skips its own (n, n) logits, and runs the mask head only for objectives that read the masks.
         outputs = model(
             **{name: value for name, value in inputs.items() if name in MODEL_INPUTS},
-            output_text_masks=getattr(self.training_loss, "needs_text_masks", True),
+            output_text_masks=self.training_loss.needs_text_masks,
             return_logits=False,
         )
         loss, logs = self.training_loss(model, outputs, inputs)
@@ -109,9 +109,10 @@ class SmartCLIPTrainer(Trainer):
         loss = loss.detach().mean()
         if prediction_loss_only:
             return loss, None, None
-        features = (outputs.text_embeds, outputs.image_embeds)
+        pairs = len(outputs.image_embeds)  # an objective's extra texts (Long-CLIP's first sentences) come after
+        features = (outputs.text_embeds[:pairs], outputs.image_embeds)
         if outputs.text_masks is not None:
-            features += (outputs.text_masks,)
+            features += (outputs.text_masks[:pairs],)
         return loss, tuple(feature.detach() for feature in features), image_keys(inputs["pixel_values"])
 
     def retrieval_recall(self, prediction: EvalPrediction) -> dict[str, float]:
