@@ -102,6 +102,9 @@ class DataArguments:
     overwrite_cache: bool = field(
         default=False, metadata={"help": "Redo the check of the rows instead of reading `datasets`' cache of it."}
     )
+    # Not a flag: columns a related method's command passes on to its collator (MCIP's class labels); `load_split`
+    # keeps those a split has, beside the image and caption columns.
+    keep_columns: tuple[str, ...] = field(default=(), init=False)
     num_train_scenes: int = field(default=20000, metadata={"help": "Built-in data: training scenes."})
     num_test_scenes: int = field(default=1000, metadata={"help": "Built-in data: test scenes."})
     scenes_seed: int = field(default=0, metadata={"help": "Built-in data: generation seed."})
@@ -392,7 +395,7 @@ def load_split(
     standardise = functools.partial(
         _standardise, image_column=image_column, long_column=long_column, short_column=short_column
     )
-    others = [column for column in columns if column != image_column]
+    others = [column for column in columns if column != image_column and column not in args.keep_columns]
     if isinstance(dataset, IterableDataset):
         dataset = dataset.map(standardise, batched=True, with_indices=True, remove_columns=others)
         dataset = dataset.filter(drops.keep, input_columns=_REASON)
