@@ -4,6 +4,7 @@ import warnings
 from os import PathLike
 
 from transformers import CLIPProcessor, ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, Unpack
 
 LONG_TEXT_POSITIONS = 248
 
@@ -46,32 +47,55 @@ class SmartCLIPProcessor(ProcessorMixin):
             processor.tokenizer.init_kwargs.pop(key, None)
         return processor
 
-    def __call__(self, images=None, text=None, **kwargs):
+    def _merge_kwargs(self, ModelProcessorKwargs=None, tokenizer_init_kwargs=None, **kwargs) -> dict[str, dict]:
+        """`ProcessorMixin`'s merge of call, structured (`text_kwargs=...`) and tokenizer-default arguments, then
+        SmartCLIP's caption limit on the result: unless `truncation` is turned off, captions are tokenized to one
+        token past `min(max_length, 248)`, so that `__call__` can name the ones that were longer and cut them back."""
+        merged = super()._merge_kwargs(ModelProcessorKwargs, tokenizer_init_kwargs, **kwargs)
+        text_kwargs = merged["text_kwargs"]
+        if text_kwargs.get("truncation") not in (False, "do_not_truncate"):
+            text_kwargs["truncation"] = True
+            limit = min(text_kwargs.get("max_length") or LONG_TEXT_POSITIONS, LONG_TEXT_POSITIONS)
+            text_kwargs["max_length"] = limit + 1
+        return merged
+
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs: Unpack[ProcessingKwargs]):
+        """`CLIPProcessor`'s call (every argument it takes, flat or structured), with captions checked and fitted to
+        `min(max_length, 248)` tokens keeping the end-of-text token; `truncation=False` leaves them whole."""
         if isinstance(images, (list, tuple)) and not images:
             raise ValueError("SmartCLIPProcessor: images=[] holds no images; pass at least one, or images=None.")
-        if text is None or kwargs.get("truncation") is False:
-            return super().__call__(images=images, text=text, **kwargs)
-        captions = [text] if isinstance(text, str) else list(text)
-        if not captions:
-            raise ValueError("SmartCLIPProcessor: text=[] holds no captions; pass at least one, or text=None.")
-        empty = [i for i, caption in enumerate(captions) if not isinstance(caption, str) or not caption.strip()]
-        if empty:
-            raise ValueError(f"SmartCLIPProcessor: captions at positions {empty} are empty or not strings.")
-        limit = min(kwargs.pop("max_length", None) or LONG_TEXT_POSITIONS, LONG_TEXT_POSITIONS)
-        # One tokenization, one token longer than the limit: a caption that reaches limit + 1 tokens was cut.
-        outputs = super().__call__(images=images, text=captions, truncation=True, max_length=limit + 1, **kwargs)
-        mask = outputs.get("attention_mask")
+        if text is not None:
+            captions = [text] if isinstance(text, str) else list(text)
+            if not captions:
+                raise ValueError("SmartCLIPProcessor: text=[] holds no captions; pass at least one, or text=None.")
+            empty = [i for i, caption in enumerate(captions) if not isinstance(caption, str) or not caption.strip()]
+            if empty:
+                raise ValueError(f"SmartCLIPProcessor: captions at positions {empty} are empty or not strings.")
+            text = text if isinstance(text, str) else captions
+        outputs = super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        if text is None:
+            return outputs
+        # The merge again (a few dict updates) tells the limit the captions were tokenized against.
+        text_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)["text_kwargs"]
+        if text_kwargs["truncation"] is not True:
+            return outputs
+        limit = text_kwargs["max_length"] - 1
+        # One string without return_tensors gives one flat row, as the tokenizer does.
+        one_row = isinstance(text, str) and not hasattr(outputs["input_ids"], "shape")
+        rows = {key: [outputs[key]] if one_row else outputs[key] for key in ("input_ids", "attention_mask")
+                if key in outputs}
+        mask = rows.get("attention_mask")
         if mask is None:
-            lengths = [len(row) for row in outputs["input_ids"]]
+            lengths = [len(row) for row in rows["input_ids"]]
         else:
             lengths = mask.sum(-1).tolist() if hasattr(mask, "shape") else [sum(row) for row in mask]
-        for key in ("input_ids", "attention_mask"):  # padding="max_length" pads to limit + 1 too
-            rows = outputs.get(key)
-            if rows is not None:
-                outputs[key] = rows[:, :limit] if hasattr(rows, "shape") else [row[:limit] for row in rows]
         cut = [i for i, length in enumerate(lengths) if length > limit]
-        for i in cut:
-            outputs["input_ids"][i][limit - 1] = self.tokenizer.eos_token_id
+        for key, value in rows.items():  # padding="max_length" pads to limit + 1 too
+            value = value[:, :limit] if hasattr(value, "shape") else [row[:limit] for row in value]
+            if key == "input_ids":
+                for i in cut:
+                    value[i][limit - 1] = self.tokenizer.eos_token_id
+            outputs[key] = value[0] if one_row else value
         if cut:
             warnings.warn(
                 f"SmartCLIPProcessor: captions at positions {cut} are longer than {limit} tokens; truncated, keeping "
