@@ -12,7 +12,7 @@ SIMILARITY = torch.tensor(
     [
         [0.3, 0.5, 0.4],  # image 0 ranked 3rd
         [0.9, 0.1, 0.2],  # image 0 ranked 1st
-        [0.6, 0.6, 0.1],  # image 1 tied with image 0: counts as 2nd
+        [0.6, 0.6, 0.1],  # image 1 tied with image 0: counts as 2nd (pessimistic ties)
         [0.2, 0.7, 0.1],  # image 2 ranked 3rd
     ]
 )
@@ -20,7 +20,7 @@ TEXT_TO_IMAGE = torch.tensor([0, 0, 1, 2])
 
 
 def test_retrieval_recall_matches_hand_computed_values():
-    metrics = retrieval_metrics(SIMILARITY, TEXT_TO_IMAGE, ks=(1, 2, 3, 5))
+    metrics = retrieval_metrics(SIMILARITY, TEXT_TO_IMAGE, ks=(1, 2, 3, 5), ties="pessimistic")
     # Texts -> images: ranks 2, 0, 1, 2.
     assert metrics["image_retrieval_recall@1"] == pytest.approx(1 / 4)
     assert metrics["image_retrieval_recall@2"] == pytest.approx(2 / 4)
@@ -44,9 +44,9 @@ def test_a_text_may_describe_several_images():
     assert metrics["text_retrieval_recall@2"] == 1.0
 
 
-def test_ties_count_against_the_model():
+def test_pessimistic_ties_count_against_the_model():
     flat = torch.zeros(4, 3)  # e.g. every caption's mask empty under modular scoring
-    metrics = retrieval_metrics(flat, TEXT_TO_IMAGE, ks=(1, 2, 3))
+    metrics = retrieval_metrics(flat, TEXT_TO_IMAGE, ks=(1, 2, 3), ties="pessimistic")
     assert metrics["image_retrieval_recall@1"] == 0.0
     assert metrics["image_retrieval_recall@2"] == 0.0
     assert metrics["image_retrieval_recall@3"] == 1.0
