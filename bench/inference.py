@@ -12,8 +12,12 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
-from .common import Goal, count_flops, main_for, parser, profile_difference, resolve_device, row, section, time_runs
 from smartclip_data.scenes import COLOURS, SHAPES, SIZES
+from smartclip_train.train import resolve_device
+
+from .cli import main_for, parser
+from .measure import count_flops, profile_difference, time_runs
+from .report import Goal, row, section
 from .towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
 
 GOAL = Goal(0.95, at_most=False)

@@ -12,11 +12,12 @@ the largest tensor the modular loss really allocates); per-rank loss memory with
 import torch
 import torch.nn.functional as F
 
-from .common import (
-    Goal, Memory, main_for, memory_figure, parser, peak_memory, resolve_device, row, saved_tensor_bytes, section,
-    time_runs,
-)
 from modeling_smartclip.losses import clip_loss, modular_loss
+from smartclip_train.train import resolve_device
+
+from .cli import main_for, parser
+from .measure import Memory, peak_memory, saved_tensor_bytes, time_runs
+from .report import Goal, memory_figure, row, section
 
 MEMORY_GOAL = Goal(1.35, at_most=True)
 TIME_GOAL = Goal(2.0, at_most=True)

@@ -10,8 +10,12 @@ scoring at most 2x plain's (peak memory is shown against the same bound).
 import torch
 import torch.nn.functional as F
 
-from .common import Goal, main_for, memory_figure, parser, peak_memory, resolve_device, row, section, time_runs
 from modeling_smartclip.retrieval import EncodedTexts, ImageGallery, search_images
+from smartclip_train.train import resolve_device
+
+from .cli import main_for, parser
+from .measure import peak_memory, time_runs
+from .report import Goal, memory_figure, row, section
 
 GOAL = Goal(2.0, at_most=True)
 TOP_K = 10

@@ -2,7 +2,7 @@
 
     python -m bench.run_all            # the full run (about 10 minutes on one CPU core)
     python -m bench.run_all --quick    # tiny sizes, one repeat: checks the scripts, measures nothing
-    python -m bench.run_all --only accuracy  # re-runs some; the others' results are kept from the last run
+    python -m bench.run_all --only loss    # re-runs some; the others' results are kept from the last run
 
 Every benchmark also runs alone (`python -m bench.loss --help`); here each gets `--quick`, `--threads`, `--device`,
 `--repeats` and `--warmup` passed through, and its own defaults otherwise.
@@ -14,9 +14,10 @@ import json
 import time
 from pathlib import Path
 
-from .common import BENCH_DIR, fix_threads, machine_line, markdown, write_json
+from .cli import BENCH_DIR, fix_threads
+from .report import machine_line, markdown, write_json
 
-BENCHMARKS = ("train_step", "loss", "inference", "text_length", "scaling", "accuracy", "retrieval", "selection")
+BENCHMARKS = ("train_step", "loss", "inference", "text_length", "scaling", "retrieval", "selection")
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -28,18 +29,14 @@ def arguments() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="benchmarks to run")
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where results.json and results.md go")
-    p.add_argument("--results", type=Path, default=None, help="smartclip-compare's results JSON (for accuracy.py)")
     return p
 
 
-def forwarded(args: argparse.Namespace, name: str) -> list[str]:
+def forwarded(args: argparse.Namespace) -> list[str]:
     """The command line the benchmark `name` would get if run alone."""
     argv = ["--threads", str(args.threads), "--device", args.device, "--warmup", str(args.warmup)]
     argv += ["--quick"] if args.quick else []
     argv += ["--repeats", str(args.repeats)] if args.repeats else []
-    if name == "accuracy":
-        argv += ["--plots", str(args.out_dir / "plots")]
-        argv += ["--results", str(args.results)] if args.results else []
     return argv
 
 
@@ -55,7 +52,7 @@ def main(argv=None) -> list[dict]:
     for name in args.only:
         module = importlib.import_module(f"bench.{name}")
         start = time.perf_counter()
-        kept[name] = module.run(module.arguments().parse_args(forwarded(args, name)))
+        kept[name] = module.run(module.arguments().parse_args(forwarded(args)))
         kept[name]["wall_seconds"] = round(time.perf_counter() - start, 1)
     sections = [kept[name] for name in BENCHMARKS if name in kept]
     write_json(results_path, {"quick": args.quick, "benchmarks": sections})

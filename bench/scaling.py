@@ -21,8 +21,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from .common import Figure, main_for, parser, resolve_device, row, section, time_runs
 from smartclip_train.objectives import build_objective
+from smartclip_train.train import resolve_device
+
+from .cli import main_for, parser
+from .measure import Figure, time_runs
+from .report import row, section
 from .towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
 
 

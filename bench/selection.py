@@ -27,17 +27,21 @@ from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from transformers import CLIPModel
 
-from .common import Figure, Goal, main_for, parser, resolve_device, row, section, time_runs
 from smartclip_data.scenes import COLOURS, SHAPES
 from smartclip_data.scratch import scratch_clip_config, scratch_processor
 from smartclip_methods.select.scores import neg_clip_loss
+from smartclip_train.train import resolve_device
+
+from .cli import main_for, parser
+from .measure import Figure, time_runs
+from .report import Goal, row, section
 
 MEMORY_GOAL = Goal(1.25, at_most=True)
 DISTINCT_IMAGES = 512  # the pool cycles through these (decoding cost is the same; generation stays fast)
 
 # Runs `smartclip-select` and writes its peak resident memory (KiB on Linux) next to the report.
 _MEASURED_RUN = (
-    "import json, resource, sys; from smartclip_methods.select.cli import main; main(sys.argv[2:]); "
+    "import json, resource, sys; from smartclip_methods.select.pipeline import main; main(sys.argv[2:]); "
     "open(sys.argv[1], 'w').write(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
 )
 

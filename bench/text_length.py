@@ -1,14 +1,18 @@
 """What Long-CLIP-style positions cost. SmartCLIP texts/s at 248 tokens vs 77 tokens.
 
-Measured for `get_text_features` (the text tower) and `encode_text` (tower + mask head), on captions that fill every
-position (no padding). No goal: the ratio is what a caption of 248 tokens costs next to one of CLIP's 77.
+Measured for `get_text_features` (the text tower) and `encode_text_and_masks` (tower + mask head), on captions that
+fill every position (no padding). No goal: the ratio is what a caption of 248 tokens costs next to one of CLIP's 77.
 
     python -m bench.text_length [--size mid] [--batch 64] [--quick]
 """
 
 import torch
 
-from .common import count_flops, main_for, parser, resolve_device, row, section, time_runs
+from smartclip_train.train import resolve_device
+
+from .cli import main_for, parser
+from .measure import count_flops, time_runs
+from .report import row, section
 from .towers import add_tower_arguments, CLIP_TEXT_POSITIONS, build_models, build_processor, random_batch, tower_size
 
 LONG = 248
@@ -32,7 +36,7 @@ def run(args) -> dict:
     print(f"[text_length] size {size_name}, batch {batch_size}, {lengths}, {repeats} repeats")
 
     rows = []
-    for method in ("get_text_features", "encode_text"):
+    for method in ("get_text_features", "encode_text_and_masks"):
         calls = {
             length: (lambda batch=batch: getattr(smartclip, method)(batch["input_ids"], batch["attention_mask"]))
             for length, batch in batches.items()

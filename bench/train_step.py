@@ -11,8 +11,11 @@ identical. Goal: time ratio <= 1.05 at batches 64 and 256.
 import torch
 
 from smartclip_train.objectives import build_objective
+from smartclip_train.train import resolve_device
 
-from .common import Goal, count_flops, main_for, parser, profile_difference, resolve_device, row, section, time_runs
+from .cli import main_for, parser
+from .measure import count_flops, profile_difference, time_runs
+from .report import Goal, row, section
 from .towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
 
 GOAL = Goal(1.05, at_most=True)

@@ -1,5 +1,5 @@
-"""`smartclip-eval`: retrieval, zero-shot, the atomic-concept probe and mask statistics, under plain and modular
-scoring, side by side.
+"""The evaluation engine behind `smartclip-eval` (`cli.py`): retrieval, zero-shot, the atomic-concept probe and mask
+statistics, under plain and modular scoring, side by side.
 
 `evaluate_model` returns a dict keyed first by scoring, then by `"{set}/{metric}"`:
 
@@ -22,55 +22,28 @@ Images and captions are encoded by `modeling_smartclip.retrieval`'s encoders and
 `modeling_smartclip.masking.similarity`, the one scoring dispatch that `forward` and the loss also use.
 """
 
-import argparse
-import hashlib
-import json
 import logging
 import math
-import sys
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import torch
-from datasets import get_dataset_split_names
-from huggingface_hub import hf_hub_download
 from tqdm.auto import tqdm
 from transformers import CLIPModel
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 from modeling_smartclip.configuration_smartclip import SCORINGS
-from modeling_smartclip.loading import load_model_and_processor
 from modeling_smartclip.masking import similarity
 from modeling_smartclip.retrieval import EncodedTexts, ImageGallery, encode_gallery, encode_texts
-from smartclip_data.scenes import make_scenes
-from smartclip_data.sources import DataArguments, load_image, load_source
+from smartclip_data.sources import load_image
 
 from .metrics import classification_metrics, retrieval_metrics
-from .sets import (
-    OPENAI_IMAGENET_TEMPLATES,
-    PLACEHOLDER,
-    AtomicProbeSet,
-    ClassificationSet,
-    EvalSet,
-    MaskStatsSet,
-    RetrievalSet,
-    classification_set_from_dataset,
-    classification_set_from_folder,
-    load_coco_captions,
-    load_urban1k,
-    read_classnames,
-    read_templates,
-    retrieval_set_from_dataset,
-    scene_eval_sets,
-)
+from .sets import PLACEHOLDER, AtomicProbeSet, ClassificationSet, EvalSet, MaskStatsSet, RetrievalSet
 
 logger = logging.getLogger(__name__)
 
 RECALL_KS = (1, 5, 10)
 # Captions per block of the modular similarity: bounds its `(chunk, n_image)` temporaries on large galleries.
 CHUNK_SIZE = 1024
-# Decimals kept in the JSON: more would be noise at any evaluation size we run.
-DECIMALS = 4
 _SHOWN_UNREADABLE = 3
 
 
@@ -289,191 +262,4 @@ def _evaluate(encoder: _Encoder, eval_sets: Iterable[EvalSet], scorings: tuple[s
     return results
 
 
-def _cell(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
-
-
-def format_table(results_by_model: dict[str, dict]) -> str:
-    """A markdown table of metrics (rows) by model and scoring (columns), and one of mask statistics if any.
-
-    `results_by_model` maps a model's name to what `evaluate_model` returned for it; a model evaluated under plain
-    scoring only simply has no modular column.
-    """
-    columns = [(model, s) for model, results in results_by_model.items() for s in SCORINGS if s in results]
-    rows = list(dict.fromkeys(metric for model, s in columns for metric in results_by_model[model][s]))
-    lines = [
-        "| metric | " + " | ".join(f"{model} ({s})" for model, s in columns) + " |",
-        "|---|" + "---|" * len(columns),
-    ]
-    lines += [
-        f"| {metric} | " + " | ".join(_cell(results_by_model[m][s].get(metric)) for m, s in columns) + " |"
-        for metric in rows
-    ]
-    masked = [model for model, results in results_by_model.items() if "mask_stats" in results]
-    if masked:
-        stats = list(dict.fromkeys(k for model in masked for k in results_by_model[model]["mask_stats"]))
-        lines += ["", "| mask statistic | " + " | ".join(masked) + " |", "|---|" + "---|" * len(masked)]
-        lines += [
-            f"| {stat} | " + " | ".join(_cell(results_by_model[m]["mask_stats"].get(stat)) for m in masked) + " |"
-            for stat in stats
-        ]
-    return "\n".join(lines)
-
-
-def save_results(results: dict, path: "str | Path") -> None:
-    """Writes `results` as strict JSON, every float rounded to `DECIMALS` places; a NaN (e.g. `acc5` with fewer than
-    5 classes) becomes `null`."""
-
-    def strict(value):
-        if isinstance(value, dict):
-            return {k: strict(v) for k, v in value.items()}
-        if isinstance(value, float):
-            return None if math.isnan(value) else round(value, DECIMALS)
-        return value
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(strict(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-
-
-# ----- the command ------------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="smartclip-eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="SmartCLIP folder, or a CLIP folder / Hub id (converted)")
-    parser.add_argument("--builtin", action="store_true", help="built-in scenes test split (default without data)")
-    parser.add_argument("--num_test_scenes", type=int, default=1000)
-    parser.add_argument("--scenes_seed", type=int, default=0)
-    parser.add_argument("--urban1k", help="Urban1k-style folder with image/ and caption/")
-    parser.add_argument("--coco_json", help="COCO captions JSON, e.g. annotations/captions_val2017.json")
-    parser.add_argument("--coco_images", help="image folder of --coco_json")
-    parser.add_argument("--zeroshot_folder", help="folder of class subfolders of images")
-    parser.add_argument("--dataset", help="a datasets Hub name, data folder or save_to_disk folder")
-    parser.add_argument("--split", help="split of --dataset (default: 'test', or the only split if it has one)")
-    parser.add_argument("--image_column", default="image")
-    parser.add_argument("--caption_column", help="caption column(s), comma separated; strings or lists of strings")
-    parser.add_argument("--label_column", help="ClassLabel column for zero-shot classification")
-    parser.add_argument(
-        "--templates",
-        help="zero-shot prompt templates: a text file (one per line, '{}' for the class name) or a JSON list "
-        "(default: OpenAI's 80 ImageNet templates)",
-    )
-    parser.add_argument(
-        "--classnames",
-        help="zero-shot class names in label order (sorted subfolders of --zeroshot_folder): one per line or a "
-        "JSON list (default: the subfolder names or the ClassLabel names)",
-    )
-    parser.add_argument("--scorings", help="comma separated subset of plain,modular (default: by model type)")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--output", default="results.json")
-    args = parser.parse_args(argv)
-    if bool(args.coco_json) != bool(args.coco_images):
-        parser.error("--coco_json and --coco_images go together.")
-    if args.dataset and not (args.caption_column or args.label_column):
-        parser.error("--dataset needs --caption_column (retrieval) and/or --label_column (zero-shot).")
-    if (args.templates or args.classnames) and not (args.zeroshot_folder or args.label_column):
-        parser.error("--templates and --classnames apply to --zeroshot_folder or --dataset --label_column.")
-    if args.classnames and args.zeroshot_folder and args.label_column:
-        parser.error("--classnames names the classes of one zero-shot set; give --zeroshot_folder or --label_column.")
-    return args
-
-
-def choose_split(dataset: str) -> str:
-    """`"test"` if `dataset` has a test split, else its only split (logged); a `ValueError` listing the splits when
-    there are several and none is `"test"`."""
-    path = Path(dataset)
-    if (path / "state.json").is_file():  # a `save_to_disk` Dataset: one split under whatever name is asked
-        return "test"
-    if (path / "dataset_dict.json").is_file():
-        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
-    else:
-        splits = get_dataset_split_names(dataset)
-    if "test" in splits:
-        return "test"
-    if len(splits) == 1:
-        logger.warning("%s has no 'test' split; evaluating its only split, %r.", dataset, splits[0])
-        return splits[0]
-    raise ValueError(f"{dataset} has splits {list(splits)} and none is 'test'; choose one with --split.")
-
-
-def eval_sets_from_args(args: argparse.Namespace) -> tuple[list[EvalSet], dict[str, str]]:
-    """The sets named on the command line (the built-in scenes when none is), and each set's source."""
-    templates = read_templates(args.templates) if args.templates else OPENAI_IMAGENET_TEMPLATES
-    class_names = read_classnames(args.classnames) if args.classnames else None
-    templates_source = f"templates {args.templates or 'OpenAI ImageNet (80)'}"
-    sets: list[EvalSet] = []
-    sources: dict[str, str] = {}
-
-    def add(eval_set: EvalSet, source: str) -> None:
-        sets.append(eval_set)
-        sources[eval_set.name] = source
-
-    if args.urban1k:
-        add(load_urban1k(args.urban1k), str(args.urban1k))
-    if args.coco_json:
-        add(load_coco_captions(args.coco_json, args.coco_images), f"{args.coco_json} with images {args.coco_images}")
-    if args.zeroshot_folder:
-        eval_set = classification_set_from_folder(args.zeroshot_folder, templates, class_names=class_names)
-        add(eval_set, f"{args.zeroshot_folder}, {templates_source}")
-    if args.dataset:
-        split_name = args.split or choose_split(args.dataset)
-        split = load_source(DataArguments(dataset_name=args.dataset), split_name)
-        name = Path(args.dataset).name or args.dataset
-        source = f"{args.dataset}, split {split_name}"
-        if args.caption_column:
-            add(retrieval_set_from_dataset(split, args.image_column, args.caption_column.split(","), name), source)
-        if args.label_column:
-            eval_set = classification_set_from_dataset(
-                split, args.image_column, args.label_column, f"{name}_zeroshot", templates, class_names
-            )
-            add(eval_set, f"{source}, {templates_source}")
-    if args.builtin or not sets:
-        # The test split does not depend on the number of training scenes, so none is generated.
-        scenes = make_scenes(num_train=0, num_test=args.num_test_scenes, seed=args.scenes_seed)["test"]
-        source = f"built-in scenes, test split ({args.num_test_scenes} scenes, seed {args.scenes_seed})"
-        scene_sets = scene_eval_sets(scenes)
-        sets = scene_sets + sets
-        sources = {eval_set.name: source for eval_set in scene_sets} | sources
-    return sets, sources
-
-
-def describe_model(path: str) -> dict[str, str]:
-    """The evaluated checkpoint: `{"path", "config_sha256"}`, the hash of its config.json's bytes (a local folder, or
-    the Hub file the loader has just cached)."""
-    config_file = Path(path, "config.json") if Path(path).is_dir() else Path(hf_hub_download(path, "config.json"))
-    return {"path": str(path), "config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest()}
-
-
-def run(argv: Sequence[str] | None = None) -> dict:
-    """`smartclip-eval` as a function: evaluates, writes the JSON, prints the table and returns the results."""
-    args = parse_args(argv)
-    model, processor = load_model_and_processor(args.model)
-    model.to(args.device)
-    eval_sets, sources = eval_sets_from_args(args)
-    scorings = args.scorings.split(",") if args.scorings else None
-    results = evaluate_model(model, processor, eval_sets, scorings, args.batch_size, progress=True)
-    scorings = [scoring for scoring in SCORINGS if scoring in results]
-    results = {"model": describe_model(args.model), "scorings": scorings, "datasets": sources} | results
-    save_results(results, args.output)
-    print(format_table({Path(args.model).name or args.model: results}))
-    print(f"\nresults written to {args.output}")
-    return results
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console script `smartclip-eval`: exit status 0 on success; a bad input is one line on stderr, status 1."""
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    try:
-        run(argv)
-    except (OSError, ValueError) as error:
-        sys.exit(f"smartclip-eval: {error}")
-
-
-__all__ = [
-    "choose_split", "class_prompts", "default_scorings", "describe_model", "eval_sets_from_args", "evaluate_model",
-    "format_table", "main", "run", "save_results",
-]
-
-if __name__ == "__main__":
-    main()
+__all__ = ["RECALL_KS", "class_prompts", "default_scorings", "evaluate_model"]

@@ -44,8 +44,9 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 from smartclip_data.sources import DataArguments, builtin_scenes
-from smartclip_eval.evaluate import evaluate_model, save_results
+from smartclip_eval.evaluate import evaluate_model
 from smartclip_eval.sets import scene_eval_sets
+from smartclip_eval.tables import save_results
 from smartclip_train.train import ModelArguments, run_training
 
 from .plots import plot_mask_usage, plot_training_curves

@@ -14,7 +14,6 @@ from .retrieval import (
     encode_texts,
     search_images,
     search_texts,
-    text_image_similarity,
 )
 
 # With the package installed, the Auto classes and the zero-shot pipeline know SmartCLIP without remote code.
@@ -31,7 +30,6 @@ __all__ = [
     "search_images",
     "search_texts",
     "similarity",
-    "text_image_similarity",
     "SmartCLIPConfig",
     "SmartCLIPMaskHead",
     "SmartCLIPModel",

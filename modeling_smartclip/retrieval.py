@@ -4,7 +4,6 @@ Plain scoring is CLIP's cosine; modular scoring is `cos(image * mask(caption), c
 `masked_similarity`, for which the gallery keeps the squared image embeddings the masked norm needs.
 """
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -124,21 +123,6 @@ def encode_texts(
     return EncodedTexts(torch.cat(embeds), torch.cat(masks))
 
 
-def text_image_similarity(
-    texts: EncodedTexts, gallery: ImageGallery, scoring: str = "modular", chunk_size: int = 1024
-) -> torch.Tensor:
-    """Deprecated alias: `similarity(texts.text_embeds, gallery.image_embeds, texts.text_masks, scoring, ...)`."""
-    warnings.warn(
-        "text_image_similarity is deprecated; use modeling_smartclip.similarity(texts.text_embeds, "
-        "gallery.image_embeds, texts.text_masks, scoring, chunk_size, gallery.image_embeds_squared).",
-        FutureWarning,
-        stacklevel=2,
-    )
-    return similarity(
-        texts.text_embeds, gallery.image_embeds, texts.text_masks, scoring, chunk_size, gallery.image_embeds_squared
-    )
-
-
 def search_images(
     texts: EncodedTexts, gallery: ImageGallery, k: int = 10, scoring: str = "modular", chunk_size: int = 1024
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,5 +148,4 @@ def search_texts(
 
 __all__ = [
     "EncodedTexts", "ImageGallery", "encode_gallery", "encode_texts", "search_images", "search_texts",
-    "text_image_similarity",
 ]

@@ -10,7 +10,7 @@ from datasets import load_dataset
 from PIL import Image
 from safetensors.torch import load_file
 
-from smartclip_experiments.sharegpt4v_to_datasets import convert
+from smartclip_data.sharegpt4v_to_datasets import convert
 from smartclip_train.train import main, parse_args
 
 RECIPE = Path(__file__).parents[1] / "experiments" / "recipes" / "paper_vitb16.yaml"

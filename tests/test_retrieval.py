@@ -9,8 +9,6 @@ from modeling_smartclip import (
     encode_texts,
     search_images,
     search_texts,
-    similarity,
-    text_image_similarity,
 )
 from tests.test_model import naive_masked_similarity
 
@@ -76,13 +74,3 @@ def test_encoders_take_raw_inputs_batch_by_batch(tmp_path, model, processor, ima
         encode_texts(model, captions)
     with pytest.raises(ValueError, match="pass `processor=`"):
         encode_gallery(model, paths)
-
-
-def test_text_image_similarity_is_a_deprecated_alias(model, processor):
-    tokens = processor.tokenizer(["a red circle.", "a triangle."], return_tensors="pt", padding=True)
-    texts = encode_texts(model, tokens["input_ids"], tokens["attention_mask"])
-    gallery = encode_gallery(model, torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
-    with pytest.warns(FutureWarning, match="text_image_similarity is deprecated"):
-        scores = text_image_similarity(texts, gallery, "modular")
-    expected = similarity(texts.text_embeds, gallery.image_embeds, texts.text_masks, "modular")
-    torch.testing.assert_close(scores, expected)

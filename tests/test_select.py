@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 from modeling_smartclip.masking import masked_similarity
 from smartclip_data.sources import DataArguments
-from smartclip_methods.select.cli import SelectArguments, main, run_selection
+from smartclip_methods.select.pipeline import SelectArguments, main, run_selection
 from smartclip_methods.select.embed import GrowingArray
 from smartclip_methods.select.scores import batch_neg_clip_loss, neg_clip_loss, norm_sim, random_batches
 from smartclip_methods.select.selection import (

@@ -28,8 +28,9 @@ from smartclip_train.objectives import TrainingLoss
 
 # The released KDE multiplies by 3 ("to amplify") and divides by 16; both stay, see `kde_log_density`.
 KDE_SCALE = 3 / 16
-# The unused multi-kernel MMD of the release (mkmmd_loss.py) sums exp(-d^2 / (2 sigma)) over these sigmas; as our
-# `bandwidths` (k = exp(-d^2 / bandwidth)) they are 2 * sigma.
+# The release's unused multi-kernel MMD,
+# https://github.com/cauchy-max/Set-CLIP/blob/9d4e255/general_version_lanuage/mkmmd_loss.py, sums
+# exp(-d^2 / (2 sigma)) over these sigmas; as our `bandwidths` (k = exp(-d^2 / bandwidth)) they are 2 * sigma.
 RELEASED_MK_MMD_BANDWIDTHS = tuple(
     2 * sigma for sigma in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1, 5, 10, 15, 20, 25, 30, 35, 100, 1e3, 1e4, 1e5, 1e6)
 )

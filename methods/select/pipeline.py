@@ -1,4 +1,5 @@
-"""`smartclip-select`: filter an image-caption dataset with a teacher CLIP or SmartCLIP before training.
+"""The selection pipeline behind `smartclip-select`: filter an image-caption dataset with a teacher CLIP or
+SmartCLIP before training.
 
 Scores every pair by negCLIPLoss and, given a target set, every image by NormSim (`scores.py`); keeps the top
 `--fraction` of the usable pairs by negCLIPLoss, then the top by NormSim down to `--fraction_normsim` of them
@@ -29,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from datasets import Dataset, IterableDataset, Value
 from datasets import Image as ImageFeature
 from tqdm.auto import tqdm
@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from modeling_smartclip.configuration_smartclip import SCORINGS
 from modeling_smartclip.loading import load_model_and_processor
 from smartclip_data.sources import DataArguments, check_columns, column_names, load_source
-from smartclip_train.train import parse_flags_or_file
+from smartclip_train.train import parse_flags_or_file, resolve_device
 
 from .embed import CAPTIONS, EmbeddingCache, embed_rows, fingerprint, pair_caption, teacher_fingerprint
 from .report import histograms, summary
@@ -277,14 +277,6 @@ def write_subset(subset: Dataset, image_column: str, folder: Path, output_format
 
 
 # ----- the run --------------------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"--device={device!r}; expected 'auto', 'cpu' or 'cuda'.")
-    return torch.device(device)
 
 
 def run_selection(args: SelectArguments, data_args: DataArguments, on_block=None) -> dict:

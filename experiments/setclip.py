@@ -13,18 +13,21 @@ Each trained model is scored on the scenes' test split (retrieval, zero-shot, th
 (`smartclip_methods.setclip.train.run_setclip_training`) and
 the evaluator (`smartclip_eval.evaluate.evaluate_model`). Towers start from scratch (the trainer's defaults).
 
-    python -m bench.setclip_experiment [--steps 3000] [--fractions 0.05 0.2 1.0] [--base clip|smartclip] [--quick]
+    python -m smartclip_experiments.setclip [--steps 3000] [--fractions 0.05 0.2 1.0] [--base clip|smartclip] [--quick]
 """
 
+import argparse
+import json
 import shutil
+from pathlib import Path
+
+import torch
 
 from smartclip_data.sources import builtin_scenes
 from smartclip_eval.evaluate import evaluate_model
 from smartclip_eval.sets import scene_eval_sets
 from smartclip_methods.setclip.train import SetCLIPArguments, run_setclip_training
 from smartclip_train.train import parse_args
-
-from .common import OUT_DIR, main_for, parser
 
 METHODS = ("pairs only", "Set-CLIP")
 # The table's columns: (set/metric key of evaluate_model, header).
@@ -86,7 +89,7 @@ def run(args) -> dict:
     scorings = ("plain", "modular") if args.base == "smartclip" else ("plain",)
     # the trainer's own (cached) scenes, so this is exactly the test split the runs held out
     eval_sets = scene_eval_sets(builtin_scenes(args.num_train, args.num_test, 0)["test"])
-    work = OUT_DIR / "setclip_runs"
+    work = args.output_dir / "runs"
 
     results = {}
     for fraction in args.fractions:
@@ -102,14 +105,18 @@ def run(args) -> dict:
     for scoring, text in tables.items():
         print(f"\n### Set-CLIP vs pairs only, base {args.base}, {scoring} scoring, {args.steps} steps\n\n{text}")
     return {
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "runs": [{"paired_fraction": f, "method": m, **r} for (f, m), r in results.items()],
         "tables": tables,
     }
 
 
-def arguments():
-    p = parser(__doc__.split("\n\n")[0])
+def arguments() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--output_dir", type=Path, default=Path("outputs/setclip_experiment"),
+                   help="where results.json and (with --keep_models) the trained models go")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.2, 1.0], help="shares of known pairs")
     p.add_argument("--base", choices=["clip", "smartclip"], default="clip", help="the supervised term on pairs")
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps of every run")
@@ -125,9 +132,20 @@ def arguments():
         help="second-view augmentation: mild by default, since the scenes' captions name colours and sides",
     )
     p.add_argument("--trainer_flags", default="", help="extra smartclip-train flags, e.g. --model_name_or_path")
-    p.add_argument("--keep_models", action="store_true", help="keep the trained models under bench/out/setclip_runs")
+    p.add_argument("--keep_models", action="store_true", help="keep the trained models under OUTPUT_DIR/runs")
     return p
 
 
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = run(args)
+    path = args.output_dir / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return result
+
+
 if __name__ == "__main__":
-    main_for("setclip_experiment", run, arguments())
+    main()

@@ -8,11 +8,12 @@ Trainer's `log_history` and the final evaluation under each scoring, `plain` and
 - `accuracy_final.png`: the headline test metrics of each arm at its last step, per scoring.
 
 Every arm of a stage trains the same towers on the same batches for the same steps, so a step is the same compute up to
-the training-step ratio of `train_step.py`. Without the results file the benchmark says so and skips.
+the training-step ratio of `bench/train_step.py`. Without the results file the script says so and skips.
 
-    python -m bench.accuracy [--results outputs/compare/results.json] [--plots bench/out]
+    python -m smartclip_experiments.accuracy [--results outputs/compare/results.json] [--plots outputs/accuracy]
 """
 
+import argparse
 import json
 from pathlib import Path
 
@@ -20,12 +21,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt
-import torch
 
 from modeling_smartclip.configuration_smartclip import SCORINGS
-from smartclip_experiments.plots import plot_training_curves
 
-from .common import OUT_DIR, main_for, parser, section
+from .plots import plot_training_curves
 
 TITLE = "Accuracy per unit of compute: metric vs training step"
 DEFAULT_RESULTS = Path("outputs/compare/results.json")
@@ -104,7 +103,7 @@ def run(args) -> dict:
         reason = "not found; run `smartclip-compare` first" if not results_path.exists() else "holds no log_history"
         message = f"skipped: {results_path} {reason}."
         print(f"[accuracy] {message}")
-        return section("accuracy", TITLE, torch.device("cpu"), settings, [], [message])
+        return {"name": "accuracy", "title": TITLE, "settings": settings, "rows": [], "notes": [message]}
 
     args.plots.mkdir(parents=True, exist_ok=True)
     histories = {name: run["log_history"] for name, run in runs.items()}
@@ -122,15 +121,26 @@ def run(args) -> dict:
         rows.append({"name": "test metrics at the last step", "plot": str(plot_path), "table": table})
         print(f"  test metrics at the last step: {table}")
     notes = [f"runs found in {results_path}: {sorted(runs)}; one PNG per logged metric, plus the final test metrics."]
-    return section("accuracy", TITLE, torch.device("cpu"), settings, rows, notes)
+    return {"name": "accuracy", "title": TITLE, "settings": settings, "rows": rows, "notes": notes}
 
 
-def arguments():
-    p = parser(__doc__.splitlines()[0])
+def arguments() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="smartclip-compare's results JSON")
-    p.add_argument("--plots", type=Path, default=OUT_DIR, help="folder for the PNG plots")
+    p.add_argument("--plots", type=Path, default=Path("outputs/accuracy"),
+                   help="folder for the PNG plots and accuracy.json")
     return p
 
 
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments().parse_args(argv)
+    result = run(args)
+    path = args.plots / "accuracy.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return result
+
+
 if __name__ == "__main__":
-    main_for("accuracy", run, arguments())
+    main()

@@ -9,7 +9,7 @@
 4. SmartCLIP from scratch on the selected subset and on the whole noisy pool, the same steps each, both evaluated on
    the test scenes.
 
-    python -m smartclip_methods.select.experiment --output_dir outputs/select_experiment --corrupt_fraction 0.3
+    python -m smartclip_experiments.select --output_dir outputs/select_experiment --corrupt_fraction 0.3
 """
 
 from dataclasses import asdict, dataclass, field
@@ -21,12 +21,12 @@ from datasets import Dataset, DatasetDict
 from transformers import HfArgumentParser, TrainingArguments
 
 from smartclip_data.sources import DataArguments, builtin_scenes
-from smartclip_eval.evaluate import evaluate_model, format_table, save_results
+from smartclip_eval.evaluate import evaluate_model
 from smartclip_eval.sets import scene_eval_sets
+from smartclip_eval.tables import format_table, save_results
+from smartclip_methods.select.pipeline import SelectArguments, run_selection
+from smartclip_methods.select.selection import DROPPED_NEG_CLIP_LOSS, DROPPED_NORM_SIM, target_count
 from smartclip_train.train import ModelArguments, run_training
-
-from .cli import SelectArguments, run_selection
-from .selection import DROPPED_NEG_CLIP_LOSS, DROPPED_NORM_SIM, target_count
 
 
 @dataclass

@@ -12,7 +12,7 @@ shards with two columns, `image` (the image file's path under `--image_root`) an
 `--num_validation` entries: Long-CLIP's and SmartCLIP's ShareGPT4V-1k) and `train` (the rest). Images are not
 copied: the paths are read when training reads the rows. Entries without a `gpt` turn are skipped and counted.
 
-    python -m smartclip_experiments.sharegpt4v_to_datasets --json share-captioner_coco_lcs_sam_1246k_1107.json \\
+    python -m smartclip_data.sharegpt4v_to_datasets --json share-captioner_coco_lcs_sam_1246k_1107.json \\
         --image_root /data/sharegpt4v --output_dir /data/sharegpt4v-datasets
     smartclip-train --dataset_name /data/sharegpt4v-datasets --streaming --long_caption_column long_caption ...
 """
