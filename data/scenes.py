@@ -12,6 +12,13 @@ slots, 4 shapes x 4 colours) is the smallest where a CLIP fine-tuned on long cap
 one-object concepts; we add size and small jitter in position, scale and shade so no two objects render alike.
 `sizes=False, slot_order=True` gives the simpler scenes of the reference notes' own measurements (no size word, one
 radius, long captions in slot order), kept so their settings can be rerun through this package.
+
+`partial_captions=True` gives scenes the theory can identify (SmartCLIP's Thm 4.3: the blocks of the intersection of
+captions' concepts are identifiable). With one sentence per object, every caption names all attributes of whole
+objects, so at best per-object blocks are identifiable. The option adds, to the short captions only, attribute-level
+captions of one object ("a red object at the top left.", "a circle at the top left.", "a large object at the top
+left.") and two-object sentences, so that two captions can share exactly one concept (one attribute of one object,
+or one object). It draws nothing at random: images, long captions and sentences are those of the option off.
 """
 
 import itertools
@@ -26,6 +33,8 @@ SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 SIZES = ("small", "large")
 SLOTS = ("top left", "top right", "bottom left", "bottom right")
+# The attributes an attribute-level caption names alone, in the order an object's partial captions are listed.
+ATTRIBUTES = ("colour", "shape", "size")
 # (shape, colour) pairs never drawn together in the training split.
 HELD_OUT_PAIRS = (("circle", "green"), ("square", "yellow"), ("triangle", "blue"), ("cross", "red"))
 VOCABULARY = (
@@ -39,6 +48,29 @@ def describe(obj: dict) -> str:
     an object without a size)."""
     size = f"{obj['size']} " if obj["size"] is not None else ""
     return f"a {size}{obj['colour']} {obj['shape']} at the {obj['slot']}."
+
+
+def describe_attribute(obj: dict, attribute: str) -> str:
+    """The caption naming one attribute of one object and its slot: 'a red object at the top left.' (colour),
+    'a circle at the top left.' (shape), 'a large object at the top left.' (size). Reads only that attribute and the
+    slot of `obj`."""
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"attribute={attribute!r}; expected one of {ATTRIBUTES}.")
+    noun = obj["shape"] if attribute == "shape" else f"{obj[attribute]} object"
+    return f"a {noun} at the {obj['slot']}."
+
+
+def describe_pair(first: dict, second: dict) -> str:
+    """The caption of two objects: 'a large red circle at the top left and a small blue cross at the bottom right.'"""
+    return f"{describe(first)[:-1]} and {describe(second)}"
+
+
+def partial_captions_of(objects: list[dict]) -> list[str]:
+    """The theory scenes' extra captions of one image: each object's attribute-level captions (`ATTRIBUTES` order,
+    size only for objects with one), objects in the order given, then one two-object sentence per pair of objects."""
+    attributes = [describe_attribute(obj, attribute) for obj in objects for attribute in ATTRIBUTES
+                  if attribute != "size" or obj["size"] is not None]
+    return attributes + [describe_pair(first, second) for first, second in itertools.combinations(objects, 2)]
 
 
 def _draw(draw: ImageDraw.ImageDraw, obj: dict, rng: np.random.Generator) -> None:
@@ -63,10 +95,12 @@ def _draw(draw: ImageDraw.ImageDraw, obj: dict, rng: np.random.Generator) -> Non
 
 
 def make_scene(
-    rng: np.random.Generator, allowed_pairs: list[tuple[str, str]], sizes: bool = True, slot_order: bool = False
+    rng: np.random.Generator, allowed_pairs: list[tuple[str, str]], sizes: bool = True, slot_order: bool = False,
+    partial: bool = False,
 ) -> dict:
     """One example: image, long caption, short captions and the objects' attributes. `sizes=False`: every object
-    has size None (one radius, no size word); `slot_order=True`: the long caption lists the objects in slot order."""
+    has size None (one radius, no size word); `slot_order=True`: the long caption lists the objects in slot order;
+    `partial=True`: the short captions are the sentences followed by `partial_captions_of(objects)`."""
     slots = rng.choice(len(SLOTS), size=rng.integers(2, 5), replace=False)
     objects = []
     for slot in sorted(slots):
@@ -82,7 +116,7 @@ def make_scene(
     return {
         "image": image,
         "long_caption": " ".join(sentences[i] for i in order),
-        "short_captions": sentences,
+        "short_captions": sentences + partial_captions_of(objects) if partial else sentences,
         "objects": objects,
     }
 
@@ -98,21 +132,26 @@ FEATURES = Features(
 
 
 def make_scenes(
-    num_train: int = 20000, num_test: int = 1000, seed: int = 0, sizes: bool = True, slot_order: bool = False
+    num_train: int = 20000, num_test: int = 1000, seed: int = 0, sizes: bool = True, slot_order: bool = False,
+    partial_captions: bool = False,
 ) -> DatasetDict:
-    """The built-in `DatasetDict` with `train` and `test` splits (columns: see `FEATURES`); `sizes` and
-    `slot_order` as in `make_scene`."""
+    """The built-in `DatasetDict` with `train` and `test` splits (columns: see `FEATURES`); `sizes`, `slot_order`
+    and `partial_captions` (`make_scene`'s `partial`) as in `make_scene`."""
     all_pairs = list(itertools.product(SHAPES, COLOURS))
     train_pairs = [pair for pair in all_pairs if pair not in HELD_OUT_PAIRS]
     # One random stream per split, so the test split does not depend on how many training scenes were drawn.
     splits = {
-        "train": [make_scene(np.random.default_rng([seed, 0, i]), train_pairs, sizes, slot_order)
+        "train": [make_scene(np.random.default_rng([seed, 0, i]), train_pairs, sizes, slot_order, partial_captions)
                   for i in range(num_train)],
-        "test": [make_scene(np.random.default_rng([seed, 1, i]), all_pairs, sizes, slot_order) for i in range(num_test)],
+        "test": [make_scene(np.random.default_rng([seed, 1, i]), all_pairs, sizes, slot_order, partial_captions)
+                 for i in range(num_test)],
     }
     return DatasetDict(
         {name: Dataset.from_dict({k: [row[k] for row in rows] for k in FEATURES}, features=FEATURES) for name, rows in splits.items()}
     )
 
 
-__all__ = ["make_scenes", "make_scene", "describe", "SHAPES", "COLOURS", "SIZES", "SLOTS", "HELD_OUT_PAIRS", "VOCABULARY"]
+__all__ = [
+    "make_scenes", "make_scene", "describe", "describe_attribute", "describe_pair", "partial_captions_of", "ATTRIBUTES",
+    "SHAPES", "COLOURS", "SIZES", "SLOTS", "HELD_OUT_PAIRS", "VOCABULARY",
+]

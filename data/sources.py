@@ -114,6 +114,11 @@ class DataArguments:
     scenes_slot_order: bool = field(
         default=False, metadata={"help": "Built-in data: long captions list the objects in slot order (else shuffled)."}
     )
+    scenes_partial_captions: bool = field(
+        default=False,
+        metadata={"help": "Built-in data: the short captions add attribute-level captions of one object ('a red object "
+                  "at the top left.') and two-object sentences (scenes the theory can identify; drawn with --p_short)."},
+    )
 
     def __post_init__(self):
         if self.caption_column is not None and self.long_caption_column not in (None, self.caption_column):
@@ -265,10 +270,12 @@ def _is_kept(reasons: list[str]) -> list[bool]:
 
 @functools.lru_cache(maxsize=2)
 def builtin_scenes(
-    num_train: int, num_test: int, seed: int, sizes: bool = True, slot_order: bool = False
+    num_train: int, num_test: int, seed: int, sizes: bool = True, slot_order: bool = False,
+    partial_captions: bool = False,
 ) -> DatasetDict:
     """The built-in scenes (`make_scenes`), generated once per process for given settings."""
-    return make_scenes(num_train=num_train, num_test=num_test, seed=seed, sizes=sizes, slot_order=slot_order)
+    return make_scenes(num_train=num_train, num_test=num_test, seed=seed, sizes=sizes, slot_order=slot_order,
+                       partial_captions=partial_captions)
 
 
 def _first_bad_utf8_line(paths: list[Path]) -> str | None:
@@ -323,7 +330,8 @@ def load_source(args: DataArguments, split: str, **hub_kwargs) -> Dataset | Iter
     reads (streamed or not). `hub_kwargs` (`token`, `cache_dir`) go to `load_dataset`."""
     if args.builtin:
         splits = builtin_scenes(
-            args.num_train_scenes, args.num_test_scenes, args.scenes_seed, args.scenes_sizes, args.scenes_slot_order
+            args.num_train_scenes, args.num_test_scenes, args.scenes_seed, args.scenes_sizes, args.scenes_slot_order,
+            args.scenes_partial_captions,
         )
     elif args.dataset_name is not None and (
         Path(args.dataset_name, "dataset_dict.json").is_file() or Path(args.dataset_name, "state.json").is_file()

@@ -8,15 +8,18 @@ statistics, under plain and modular scoring, side by side.
      "modular": {...same keys...},
      "mask_stats": {"scenes/density_long": 0.40, "scenes/density_sentence": 0.21, "scenes/sentence_in_long": 0.85,
                     "scenes/sentence_overlap": 0.30},
+     "mask_diagnostics": {"scenes/density_ratio": 1.9, ..., "scenes/alignment_slot": 0.31,
+                          "scenes/alignment_slot_rotated": 0.29, ...},
      "counts": {"scenes_long": {"images": 1000, "texts": 1000, "unreadable_images": 0}, ...}}
 
 Retrieval and zero-shot metrics carry CLIP_benchmark's names (`image_retrieval_recall@k`: a caption finds its
 image; `text_retrieval_recall@k`: an image finds one of its captions; `acc1`, `acc5`, `mean_per_class_recall`; see
 `metrics.py`). A scoring that was not run has no key; mask statistics are computed only with modular scoring (a
-model scored plainly never uses its masks). The counts are of what was scored: an image that cannot be decoded is
-skipped and counted, as training does, and so are the captions left without an image. The command's JSON adds what
-was evaluated: `"model"` (its path and the sha256 of its config.json), `"scorings"` and `"datasets"` (each set's
-source), with every number rounded to 4 decimals.
+model scored plainly never uses its masks), and so are the mask diagnostics of `mask_diagnostics.py` (defined in
+docs/mask_diagnostics.md), but for the image embedding's alignment, computed under any scoring. The counts are of
+what was scored: an image that cannot be decoded is skipped and counted, as training does, and so are the captions
+left without an image. The command's JSON adds what was evaluated: `"model"` (its path and the sha256 of its
+config.json), `"scorings"` and `"datasets"` (each set's source), with every number rounded to 4 decimals.
 
 Images and captions are encoded by `modeling_smartclip.retrieval`'s encoders and every score comes from
 `modeling_smartclip.masking.similarity`, the one scoring dispatch that `forward` and the loss also use.
@@ -36,6 +39,7 @@ from modeling_smartclip.masking import similarity
 from modeling_smartclip.retrieval import EncodedTexts, ImageGallery, encode_gallery, encode_texts
 from smartclip_data.sources import load_image
 
+from .mask_diagnostics import MaskDiagnosticsSet, diagnose
 from .metrics import classification_metrics, retrieval_metrics
 from .sets import PLACEHOLDER, AtomicProbeSet, ClassificationSet, EvalSet, MaskStatsSet, RetrievalSet
 
@@ -251,6 +255,11 @@ def _evaluate(encoder: _Encoder, eval_sets: Iterable[EvalSet], scorings: tuple[s
             if "modular" in scorings:
                 stats = _mask_stats(encoder, eval_set)
                 results.setdefault("mask_stats", {}).update({f"{eval_set.name}/{k}": v for k, v in stats.items()})
+            continue
+        if isinstance(eval_set, MaskDiagnosticsSet):  # the mask diagnostics only with modular scoring, as above
+            masks_of = (lambda texts: encoder.texts(texts).text_masks) if "modular" in scorings else None
+            stats = diagnose(encoder.images(eval_set.images, eval_set.name)[0].image_embeds, masks_of, eval_set)
+            results.setdefault("mask_diagnostics", {}).update({f"{eval_set.name}/{k}": v for k, v in stats.items()})
             continue
         task = {RetrievalSet: _retrieval, ClassificationSet: _zeroshot, AtomicProbeSet: _atomic}.get(type(eval_set))
         if task is None:

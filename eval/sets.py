@@ -19,7 +19,9 @@ from datasets import ClassLabel, Dataset
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from smartclip_data.scenes import COLOURS, HELD_OUT_PAIRS, IMAGE_SIZE, SHAPES, SIZES, SLOTS, describe
+from smartclip_data.scenes import COLOURS, HELD_OUT_PAIRS, IMAGE_SIZE, SHAPES, SIZES, SLOTS, describe, describe_attribute
+
+from .mask_diagnostics import MaskDiagnosticsSet, diagnostics_set
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -152,7 +154,7 @@ class MaskStatsSet:
     sentence_to_long: torch.Tensor
 
 
-EvalSet = RetrievalSet | ClassificationSet | AtomicProbeSet | MaskStatsSet
+EvalSet = RetrievalSet | ClassificationSet | AtomicProbeSet | MaskStatsSet | MaskDiagnosticsSet
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -368,6 +370,24 @@ def scene_zeroshot_set(test_split: Dataset, name: str = "scenes_zeroshot") -> Cl
     return ClassificationSet(name, images, torch.tensor(labels), SCENE_CLASSES, SCENE_TEMPLATES)
 
 
+def _slot_probe_set(test_split: Dataset, name: str, images: Sequence | None, values: list, value_of, prompt):
+    """Each test object against one prompt per value at its slot: `values` in candidate order, `value_of(obj)` the
+    object's value, `prompt(slot, value)` the prompt."""
+    prompts = [prompt(slot, value) for slot in SLOTS for value in values]
+    object_image, slot_index, target, held_out = [], [], [], []
+    for i, objects in enumerate(test_split["objects"]):
+        for obj in objects:
+            object_image.append(i)
+            slot_index.append(SLOTS.index(obj["slot"]))
+            target.append(values.index(value_of(obj)))
+            held_out.append((obj["shape"], obj["colour"]) in HELD_OUT_PAIRS)
+    candidates = torch.tensor(slot_index)[:, None] * len(values) + torch.arange(len(values))  # (n_object, n_value)
+    return AtomicProbeSet(
+        name, test_split["image"] if images is None else images, prompts, torch.tensor(object_image), candidates,
+        torch.tensor(target), torch.tensor(held_out),
+    )
+
+
 def atomic_probe_set(test_split: Dataset, name: str = "scenes_atomic", images: Sequence | None = None) -> AtomicProbeSet:
     """The atomic-concept probe: each test object against all 32 "a {size} {colour} {shape} at the {slot}." prompts
     at its slot (16 "a {colour} {shape} at the {slot}." for scenes without sizes). `images` may pass the split's
@@ -375,19 +395,24 @@ def atomic_probe_set(test_split: Dataset, name: str = "scenes_atomic", images: S
     sizes = SIZES if any(obj["size"] is not None for scene in test_split["objects"] for obj in scene) else (None,)
     # Every (size, colour, shape) combination, in the order the candidates at one slot are listed.
     combinations = list(itertools.product(sizes, COLOURS, SHAPES))
-    prompts = [describe(dict(size=s, colour=c, shape=h, slot=slot)) for slot in SLOTS for s, c, h in combinations]
-    per_slot = len(combinations)
-    object_image, slot_index, target, held_out = [], [], [], []
-    for i, objects in enumerate(test_split["objects"]):
-        for obj in objects:
-            object_image.append(i)
-            slot_index.append(SLOTS.index(obj["slot"]))
-            target.append(combinations.index((obj["size"], obj["colour"], obj["shape"])))
-            held_out.append((obj["shape"], obj["colour"]) in HELD_OUT_PAIRS)
-    candidates = torch.tensor(slot_index)[:, None] * per_slot + torch.arange(per_slot)  # (n_object, per_slot)
-    return AtomicProbeSet(
-        name, test_split["image"] if images is None else images, prompts, torch.tensor(object_image), candidates,
-        torch.tensor(target), torch.tensor(held_out),
+    return _slot_probe_set(
+        test_split, name, images, combinations, lambda obj: (obj["size"], obj["colour"], obj["shape"]),
+        lambda slot, value: describe(dict(zip(("size", "colour", "shape"), value), slot=slot)),
+    )
+
+
+def attribute_probe_set(
+    test_split: Dataset, attribute: str, name: str | None = None, images: Sequence | None = None
+) -> AtomicProbeSet:
+    """The attribute-level probe: each test object's `attribute` ("colour" or "shape") alone, against one prompt per
+    value at its slot: the 4 "a {colour} object at the {slot}." or the 4 "a {shape} at the {slot}." (the
+    attribute-level captions of `make_scenes(partial_captions=True)`). Named `scenes_{attribute}` by default."""
+    values = {"colour": list(COLOURS), "shape": list(SHAPES)}.get(attribute)
+    if values is None:
+        raise ValueError(f"attribute={attribute!r}; expected 'colour' or 'shape'.")
+    return _slot_probe_set(
+        test_split, name or f"scenes_{attribute}", images, values, lambda obj: obj[attribute],
+        lambda slot, value: describe_attribute({attribute: value, "slot": slot}, attribute),
     )
 
 
@@ -398,14 +423,17 @@ def scene_eval_sets(test_split: Dataset, prefix: str = "scenes") -> list[EvalSet
     - `{prefix}_multi`: multi-caption retrieval with the one-object sentences (2-4 per image);
     - `{prefix}_zeroshot`: `scene_zeroshot_set`;
     - `{prefix}_atomic`: `atomic_probe_set`;
-    - `{prefix}`: mask statistics of the long captions and their sentences.
+    - `{prefix}`: mask statistics of the long captions and their sentences;
+    - `{prefix}_colour`, `{prefix}_shape`: `attribute_probe_set`;
+    - `{prefix}`: the mask diagnostics (`mask_diagnostics.diagnostics_set`).
 
     In both retrieval sets identical captions are merged, each right for every image it describes (see
-    `_merged_retrieval_set`): sentences repeat across scenes, and so, rarely, do long captions.
+    `_merged_retrieval_set`): sentences repeat across scenes, and so, rarely, do long captions. The sentences are
+    each object's (`describe`), the short captions of the default scenes, also in scenes with partial captions.
     """
     images = test_split["image"]  # one object for all sets, so the images are encoded once
     long_captions = list(test_split["long_caption"])
-    sentences = [list(captions) for captions in test_split["short_captions"]]
+    sentences = [[describe(obj) for obj in objects] for objects in test_split["objects"]]
     sentence_to_long = torch.tensor([i for i, captions in enumerate(sentences) for _ in captions])
     return [
         _merged_retrieval_set(f"{prefix}_long", images, [[caption] for caption in long_captions]),
@@ -413,12 +441,15 @@ def scene_eval_sets(test_split: Dataset, prefix: str = "scenes") -> list[EvalSet
         scene_zeroshot_set(test_split, f"{prefix}_zeroshot"),
         atomic_probe_set(test_split, f"{prefix}_atomic", images),
         MaskStatsSet(prefix, long_captions, [s for captions in sentences for s in captions], sentence_to_long),
+        attribute_probe_set(test_split, "colour", f"{prefix}_colour", images),
+        attribute_probe_set(test_split, "shape", f"{prefix}_shape", images),
+        diagnostics_set(test_split, prefix, images),
     ]
 
 
 __all__ = [
     "AtomicProbeSet", "ClassificationSet", "EvalSet", "MaskStatsSet", "OPENAI_IMAGENET_TEMPLATES", "RetrievalSet",
-    "SCENE_CLASSES", "SCENE_TEMPLATES", "atomic_probe_set", "classification_set_from_dataset",
+    "SCENE_CLASSES", "SCENE_TEMPLATES", "atomic_probe_set", "attribute_probe_set", "classification_set_from_dataset",
     "classification_set_from_folder", "load_coco_captions", "load_urban1k", "read_classnames", "read_templates",
     "retrieval_set_from_dataset", "scene_eval_sets", "scene_zeroshot_set",
 ]

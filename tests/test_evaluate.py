@@ -39,6 +39,7 @@ EXPECTED_KEYS = (
     | {f"scenes_multi/{m}" for m in RETRIEVAL}
     | {f"scenes_zeroshot/{m}" for m in ("acc1", "acc5", "mean_per_class_recall")}
     | {"scenes_atomic/acc", "scenes_atomic/acc_held_out"}
+    | {f"scenes_{attribute}/{m}" for attribute in ("colour", "shape") for m in ("acc", "acc_held_out")}
 )
 
 
@@ -68,7 +69,7 @@ def _save_images(folder, names):
 
 
 def test_builtin_evaluation_has_every_metric_under_both_scorings(builtin_results):
-    assert set(builtin_results) == {"plain", "modular", "mask_stats", "counts"}
+    assert set(builtin_results) == {"plain", "modular", "mask_stats", "mask_diagnostics", "counts"}
     for scoring in ("plain", "modular"):
         assert set(builtin_results[scoring]) == EXPECTED_KEYS
         assert all(0.0 <= v <= 1.0 for v in builtin_results[scoring].values()), builtin_results[scoring]
@@ -93,7 +94,7 @@ def test_scene_sentences_are_right_for_every_image_they_describe(scenes):
 
 def test_plain_only_has_no_modular_keys_and_same_plain_numbers(model, processor, scenes, builtin_results):
     results = evaluate_model(model, processor, scene_eval_sets(scenes), scorings=("plain",), batch_size=8)
-    assert set(results) == {"plain", "counts"}
+    assert set(results) == {"plain", "mask_diagnostics", "counts"}  # the embedding's alignment under any scoring
     assert results["plain"] == builtin_results["plain"]
     # By default a head that was never trained (CLIP, the CLIP baseline, the random-mask control) is scored plainly.
     assert "modular" not in evaluate_model(model, processor, scene_eval_sets(scenes)[:1], batch_size=8)
@@ -229,7 +230,7 @@ def test_cli_writes_json_for_clip_and_smartclip_folders(tmp_path, clip_dir, mode
     sizes = ["--num_test_scenes", "8", "--batch_size", "8"]
     assert main(["--model", str(clip_dir), *sizes, "--output", str(tmp_path / "clip.json")]) is None
     clip_results = json.loads((tmp_path / "clip.json").read_text())
-    assert set(clip_results) == {"model", "scorings", "datasets", "plain", "counts"}  # a converted CLIP: plainly
+    assert set(clip_results) == {"model", "scorings", "datasets", "plain", "mask_diagnostics", "counts"}  # plainly
     assert set(clip_results["plain"]) == EXPECTED_KEYS
     captured = capsys.readouterr()
     assert "| metric | " in captured.out
@@ -240,14 +241,16 @@ def test_cli_writes_json_for_clip_and_smartclip_folders(tmp_path, clip_dir, mode
     output = ["--output", str(tmp_path / "smartclip.json")]
     main(["--model", str(tmp_path / "smartclip"), *sizes, "--scorings", "plain,modular", *output])
     results = json.loads((tmp_path / "smartclip.json").read_text())
-    assert set(results) == {"model", "scorings", "datasets", "plain", "modular", "mask_stats", "counts"}
+    assert set(results) == {"model", "scorings", "datasets", "plain", "modular", "mask_stats", "mask_diagnostics",
+                            "counts"}
     assert results["plain"] == clip_results["plain"]  # same weights, same plain scores
     config_hash = hashlib.sha256((tmp_path / "smartclip" / "config.json").read_bytes()).hexdigest()
     assert results["model"] == {"path": str(tmp_path / "smartclip"), "config_sha256": config_hash}
     assert results["scorings"] == ["plain", "modular"]
     assert results["datasets"]["scenes_long"] == "built-in scenes, test split (8 scenes, seed 0)"
     assert results["counts"]["scenes_long"]["images"] == 8
-    numbers = [v for group in ("plain", "modular", "mask_stats") for v in results[group].values() if v is not None]
+    numbers = [v for group in ("plain", "modular", "mask_stats", "mask_diagnostics") for v in results[group].values()
+               if v is not None]
     assert all(round(v, 4) == v for v in numbers)
 
 
