@@ -12,7 +12,9 @@ from collections.abc import Callable
 import torch
 from datasets import ClassLabel, Dataset, IterableDataset, Value
 
-from smartclip_data.sources import LONG_CAPTION, SHORT_CAPTIONS, DataArguments, clean_captions, column_names, load_source
+from smartclip_data.sources import (
+    LONG_CAPTION, SHORT_CAPTIONS, DataArguments, clean_captions, column_names, load_source,
+)
 from smartclip_eval.image_retrieval import SCENE_CLASSES, scene_class
 from smartclip_train.collator import CaptionCollator
 

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pytorch_metric_learning.losses import ArcFaceLoss
 
 
@@ -24,22 +25,23 @@ def arc_margin_cosine(cosine: torch.Tensor, margin: float) -> torch.Tensor:
     """`cos(theta + m)` of target cosines (any shape), kept monotonic past `theta = pi - m` as
     pytorch-metric-learning 2.9.0's `ArcFaceLoss.modify_cosine_of_target_classes` keeps it (`margin` in radians)."""
     angles = torch.acos(torch.clamp(cosine, -1, 1))
-    return torch.where(angles <= math.pi - margin, torch.cos(angles + margin), torch.cos(angles) - margin * np.sin(margin))
+    past = torch.cos(angles) - margin * np.sin(margin)
+    return torch.where(angles <= math.pi - margin, torch.cos(angles + margin), past)
 
 
 class ArcMargin(ArcFaceLoss):
     """Single-label ArcMargin: `ArcFaceLoss` with the margin in radians and its proxies `W` `(D, num_classes)`.
 
-    Called as `loss(embeddings (N, D), labels (N,))`; the embeddings are scored in float32 whatever their dtype,
-    because `ArcFaceLoss` casts its own `W` to the embeddings' dtype in place (a bf16 batch would make the trained
-    proxies bf16 for good).
+    Called as `loss(embeddings (N, D), labels (N,))`; the embeddings are scored in the proxies' dtype, because
+    `ArcFaceLoss` casts its own `W` to the embeddings' dtype in place (a bf16 batch would make the trained proxies
+    bf16 for good).
     """
 
     def __init__(self, num_classes: int, embedding_size: int, scale: float, margin: float):
         super().__init__(num_classes, embedding_size, margin=math.degrees(margin), scale=scale)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return super().forward(embeddings.float(), labels)
+        return super().forward(embeddings.to(self.W.dtype), labels)
 
 
 def multi_caption_arc_margin(
@@ -58,7 +60,7 @@ def multi_caption_arc_margin(
     the captions' embeddings and whose labels are the image indices.
 
     Args:
-        image_embeds: `(N, D)` unit image embeddings.
+        image_embeds: `(N, D)` image embeddings (normalised here).
         caption_embeds: `(N, K, D)` unit caption embeddings (frozen: no gradient is needed through them).
         caption_valid: `(N, K)` bool, False for padding (an image with fewer than K captions).
         caption_keys: `(N, K)` int64, equal for captions of equal text.
@@ -73,8 +75,9 @@ def multi_caption_arc_margin(
         )
     if not caption_valid.any():
         raise ValueError("multi_caption_arc_margin: no image in the batch has a caption.")
-    image_embeds = image_embeds.float()
-    cosine = image_embeds @ caption_embeds.reshape(n * k, dim).float().T  # (N, N*K)
+    dtype = torch.promote_types(image_embeds.dtype, torch.float32)  # bf16 cosines are too coarse for the margin
+    # Normalised here as `ArcFaceLoss` normalises (the gradient is then the same on any input).
+    cosine = F.normalize(image_embeds.to(dtype), dim=-1) @ caption_embeds.reshape(n * k, dim).to(dtype).T  # (N, N*K)
     keys, valid = caption_keys.reshape(n * k), caption_valid.reshape(n * k)
     # own[i, q]: caption q has the text of one of image i's own captions.
     own = ((caption_keys[:, :, None] == keys) & caption_valid[:, :, None]).any(dim=1)  # (N, N*K)

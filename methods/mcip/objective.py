@@ -78,18 +78,22 @@ class MCIPLoss(TrainingLoss):
     def __call__(self, model, outputs: SmartCLIPOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         if "class_labels" not in batch and "caption_valid" not in batch:
             return self.alignment(model, outputs, batch)
-        loss, logs = 0.0, {}
+        local = {"images": outputs.image_embeds}
         if self.class_weight:
             if self.class_head is None:
                 raise ValueError("MCIPLoss: no class proxies; call build_class_head(num_classes, embedding_size).")
-            image_embeds, labels = gather_features(outputs.image_embeds, batch["class_labels"])
-            class_loss = self.class_head(image_embeds, labels)
+            local["labels"] = batch["class_labels"]
+        if self.caption_weight:
+            local |= {"captions": self.caption_embeds(model, batch), "valid": batch["caption_valid"],
+                      "keys": batch["caption_keys"]}
+        everyone = dict(zip(local, gather_features(*local.values())))  # the global batch
+        loss, logs = 0.0, {}
+        if self.class_weight:
+            class_loss = self.class_head(everyone["images"], everyone["labels"])
             loss, logs["class_loss"] = loss + self.class_weight * class_loss, class_loss.item()
         if self.caption_weight:
-            image_embeds, captions, valid, keys = gather_features(
-                outputs.image_embeds, self.caption_embeds(model, batch), batch["caption_valid"], batch["caption_keys"]
-            )
-            caption_loss = multi_caption_arc_margin(image_embeds, captions, valid, keys, self.scale, self.margin)
+            caption_loss = multi_caption_arc_margin(everyone["images"], everyone["captions"], everyone["valid"],
+                                                    everyone["keys"], self.scale, self.margin)
             loss, logs["caption_loss"] = loss + self.caption_weight * caption_loss, caption_loss.item()
         return loss, logs
 

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from smartclip_train.collator import CaptionCollator
 from smartclip_train.objectives import CLIPLoss, TrainingLoss
-from smartclip_train.train import parse_args, run_training, set_up_logging
+from smartclip_train.train import DataStep, parse_args, run_training, set_up_logging
 
 from .batches import MCIPCollator, check_label_column, label_function, number_of_classes
 from .objective import STAGES, MCIPLoss, freeze_for_stage
@@ -84,27 +84,34 @@ class MCIPStageCallback(TrainerCallback):
             del model._modules[CLASS_HEAD]
 
 
+def mcip_data_step(objective: MCIPLoss, data_args, mcip_args: MCIPArguments, stage_callback: MCIPStageCallback,
+                   **hub_kwargs) -> DataStep:
+    """The batches `objective` reads (`MCIPCollator`); the class column is checked now and kept by the loader."""
+    labels, named = None, None
+    if objective.class_weight:
+        if mcip_args.label_column is not None:
+            named = check_label_column(data_args, mcip_args.label_column, **hub_kwargs)
+        label_source, labels = label_function(data_args, mcip_args.label_column)
+        data_args.keep_columns = (*data_args.keep_columns, label_source)
+
+    def data_step(train_dataset, collator: CaptionCollator):
+        if labels is not None:
+            stage_callback.num_classes = mcip_args.num_classes or number_of_classes(
+                train_dataset, data_args, mcip_args.label_column, named
+            )
+        num_captions = mcip_args.mcip_num_captions if objective.caption_weight else 0
+        return train_dataset, MCIPCollator(collator, labels, num_captions, stage_callback.num_classes)
+
+    return data_step
+
+
 def run_mcip_training(model_args, data_args, training_args, mcip_args: MCIPArguments, callbacks=(), **kwargs) -> dict:
     """`run_training` with the stage's objective, batches and freezing; `kwargs` go to `run_training`."""
     objective = mcip_args.objective(model_args.local_loss)
     stage_callback = MCIPStageCallback(mcip_args.stage, objective)
     data_step = None
     if isinstance(objective, MCIPLoss):
-        labels, named = None, None
-        if objective.class_weight:
-            if mcip_args.label_column is not None:
-                named = check_label_column(data_args, mcip_args.label_column, **model_args.hub_kwargs())
-            label_source, labels = label_function(data_args, mcip_args.label_column)
-            data_args.keep_columns = (*data_args.keep_columns, label_source)
-
-        def data_step(train_dataset, collator: CaptionCollator):
-            if labels is not None:
-                stage_callback.num_classes = mcip_args.num_classes or number_of_classes(
-                    train_dataset, data_args, mcip_args.label_column, named
-                )
-            num_captions = mcip_args.mcip_num_captions if objective.caption_weight else 0
-            return train_dataset, MCIPCollator(collator, labels, num_captions, stage_callback.num_classes)
-
+        data_step = mcip_data_step(objective, data_args, mcip_args, stage_callback, **model_args.hub_kwargs())
     return run_training(model_args, data_args, training_args, objective=objective, data_step=data_step,
                         callbacks=[stage_callback, *callbacks], **kwargs)
 
@@ -124,4 +131,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["MCIPArguments", "MCIPStageCallback", "main", "run_mcip_training"]
+__all__ = ["MCIPArguments", "MCIPStageCallback", "main", "mcip_data_step", "run_mcip_training"]
