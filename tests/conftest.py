@@ -1,10 +1,13 @@
-"""Shared fixtures: tiny random CLIP checkpoints and processors built offline, and a few images."""
+"""Shared fixtures: tiny random CLIP checkpoints and processors built offline, a few images, the CLIP and its
+SmartCLIP conversion in memory, and a batch of both. Shared helpers that are not fixtures live in `support.py`."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import CLIPModel
+
+from modeling_smartclip import SmartCLIPModel
 
 from smartclip_data.scratch import scratch_clip_config, scratch_processor
 
@@ -33,3 +36,20 @@ def clip_dir(tmp_path_factory, processor):
 def images():
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def clip(clip_dir):
+    return CLIPModel.from_pretrained(clip_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def smartclip(clip):
+    torch.manual_seed(0)
+    return SmartCLIPModel.from_clip(clip).eval()
+
+
+@pytest.fixture
+def batch(processor, images):
+    captions = ["a red circle at the top left.", "a small blue square.", "a large yellow cross at the bottom right."]
+    return processor(text=captions, images=images, return_tensors="pt", padding=True)

@@ -20,7 +20,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.demo_support import GRADIO_PANDAS_WARNINGS, LOOPBACK, running_demo, save_tiny_smartclip, write_gallery_folder
+from tests.support import GRADIO_PANDAS_WARNINGS, LOOPBACK, running_demo, save_tiny_smartclip, write_gallery_folder
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -2,7 +2,6 @@
 objective, with the global and with the local loss."""
 
 import itertools
-import socket
 import warnings
 
 import pytest
@@ -17,6 +16,7 @@ from smartclip_data.scratch import scratch_clip_config, scratch_processor
 from smartclip_train.collator import split_sentences
 from smartclip_train.objectives import build_objective
 from smartclip_train.trainer import MODEL_INPUTS
+from tests.support import free_port
 
 WORLD_SIZE = 2
 PER_RANK = 3
@@ -86,16 +86,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
     return out_dir
 
 

@@ -27,7 +27,7 @@ from modeling_smartclip import SmartCLIPModel
 from smartclip_hub.card import TEMPLATE_PATH, eval_results, parse_results, write_model_card
 from smartclip_demo.space import write_space_folder
 from smartclip_hub.push import main
-from tests.fresh_process import run_without_package
+from tests.support import run_without_package
 from tests.hub_server import HubServer
 
 TOKEN = "hf_testtokenthatmustneverbeprinted"

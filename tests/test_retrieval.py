@@ -10,7 +10,7 @@ from modeling_smartclip import (
     search_images,
     search_texts,
 )
-from tests.test_model import naive_masked_similarity
+from tests.support import naive_masked_similarity
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,23 @@
-"""Shared by the demo tests: a tiny SmartCLIP saved as a hub-ready folder, a gallery folder, the app on loopback,
-and a record of every connection the process opens to anything but this machine."""
+"""What several test files share: a fresh interpreter without this package, a free loopback port, the naive
+one-pair-at-a-time references of the masked similarity, and the demo's fixtures (a tiny hub-ready SmartCLIP, a
+gallery folder, the app on loopback, a record of outgoing connections).
+
+`run_without_package` runs code where this repository's packages are NOT importable: `python -S` skips
+site-packages' `.pth` files (the editable install's import hook lives there); putting the site-packages directory
+back on PYTHONPATH keeps transformers & co. importable, and a temporary working directory keeps the checkout off
+`sys.path`. This is how a Hub user with only `trust_remote_code=True` sees a saved model.
+"""
 
 import contextlib
+import json
+import os
 import re
 import socket
 import struct
+import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 import traceback
 import zlib
@@ -16,7 +28,6 @@ import pytest
 import torch
 
 from modeling_smartclip import SmartCLIPModel
-from smartclip_demo.app import SmartCLIPDemo, build_app, load_gallery_folder, serve
 from smartclip_data.scenes import COLOURS, SHAPES, make_scene
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost", "::ffff:127.0.0.1"}
@@ -28,6 +39,56 @@ GRADIO_PANDAS_WARNINGS = [
 UNREADABLE = "broken.png"
 _connections: list | None = None
 _hook_installed = False
+
+
+# ----- processes and ports ----------------------------------------------------------------------------------------
+
+
+def run_without_package(code: str, env: dict[str, str] | None = None, timeout: int = 300) -> dict:
+    """Runs `code`, which must print one JSON object on its last stdout line; returns that object."""
+    full_env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"], "HF_HUB_OFFLINE": "1", **(env or {})}
+    with tempfile.TemporaryDirectory() as cwd:
+        result = subprocess.run(
+            [sys.executable, "-S", "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        )
+    if result.returncode:
+        raise RuntimeError(f"fresh process failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ----- references -------------------------------------------------------------------------------------------------
+
+
+def naive_masked_similarity(text, image, masks):
+    """cos(image_b * mask_a, text_a), one pair at a time."""
+    out = torch.empty(len(text), len(image), dtype=text.dtype)
+    for a in range(len(text)):
+        for b in range(len(image)):
+            out[a, b] = torch.nn.functional.cosine_similarity(image[b] * masks[a], text[a], dim=0)
+    return out
+
+
+def naive_linear_in_mask_similarity(text, image, masks, scale):
+    """The documented formula, one pair at a time: `scale * <T_a * M_a, I_b> / (|T_a| sqrt(M_a . I_b^2))`. For binary
+    masks it is the masked cosine; it is also what the straight-through gradient reaches the masks through."""
+    rows = []
+    for a in range(len(text)):
+        row = [
+            scale * (text[a] * masks[a] * image[b]).sum()
+            / (text[a].norm() * (masks[a] * image[b].square()).sum().clamp_min(1e-6).sqrt())
+            for b in range(len(image))
+        ]
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+# ----- the demo ---------------------------------------------------------------------------------------------------
 
 
 def save_tiny_smartclip(clip_dir: Path, processor, path: Path) -> Path:
@@ -53,15 +114,11 @@ def write_gallery_folder(path: Path, size: int = 6) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_demo(model_dir: Path, gallery_dir: Path):
     """Loads, builds and serves the demo on a free loopback port; yields `(url, demo, startup_seconds)`."""
+    from smartclip_demo.app import SmartCLIPDemo, build_app, load_gallery_folder, serve  # gradio: demo tests only
+
     start = time.perf_counter()
     demo = SmartCLIPDemo.from_pretrained(str(model_dir), load_gallery_folder(gallery_dir))
     app = build_app(demo)
