@@ -2,7 +2,7 @@
 
 Run `smartclip-demo --model PATH_OR_REPO_ID` (or `python app.py` in a Hugging Face Space). With the smartclip package
 installed, the model loads with its classes (the checkpoint's code is never run) and must load exactly; in a Space,
-where only this file is copied (by `smartclip_demo.space`), it loads with `trust_remote_code=True` and the encoders
+where only this file is copied (by `smartclip_hub.space`), it loads with `trust_remote_code=True` and the encoders
 and scoring come from the model repo's own code, so this file needs only torch, transformers, gradio, pillow, numpy
 and matplotlib.
 

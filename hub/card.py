@@ -1,14 +1,16 @@
 """The model card of a SmartCLIP folder: `model_card_template.md` (package data) filled in from what the run recorded.
 
 `smartclip-push` writes it into the folder it uploads; `write_model_card` writes the same card into a training
-output folder, so that the folder is Hub-ready as it is. Only JSON is read (a results file, `training_args.json`,
-`trainer_state.json`), never a pickle, and no number goes on the card that the run did not write: without a results
-file the card says so and has no `model-index`.
+output folder, and `save_hub_ready` writes a trained model with its run record and card into a folder of its own, so
+that either folder is Hub-ready as it is. Only JSON is read (a results file, `training_args.json`,
+`trainer_state.json`, `eval_results.json`), never a pickle, and no number goes on the card that the run did not
+write: without results the card says so and has no `model-index`. No credential reaches the card (`secrets`).
 """
 
 import json
 import math
 import re
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,54 +20,27 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainingArguments
 
 from modeling_smartclip import SmartCLIPConfig
-from modeling_smartclip.configuration_smartclip import SCORINGS
+from modeling_smartclip.loading import load_model_and_processor
 
-from .auto_map import strip_foreign_auto_map
+from .code_pointers import strip_foreign_code
+from .results import NO_SCORING, TRAINER_RESULTS, Measurement, parse_results, read_results, read_trainer_results
+from .secrets import has_secret, redact, scrub, scrub_json_files
 
 TEMPLATE_PATH = Path(__file__).resolve().with_name("model_card_template.md")  # package data, also in a wheel
-NO_SCORING = "n/a"  # a number that does not depend on how pairs are scored (a mask density)
-COUNTS_KEY = "counts"  # smartclip-eval's sizes of the evaluation sets
 # Keys of training_args.json that name the base checkpoint or the data, by priority.
 BASE_MODEL_KEYS = ("base_model", "model_name_or_path", "clip_model_name_or_path", "pretrained_model_name_or_path")
 DATASET_KEYS = ("dataset_name", "dataset", "train_dataset")
+LOCAL_DATA_KEYS = ("train_file", "data_dir")  # smartclip-train's local data, when no dataset is named
 BUILTIN_DATASET = "the built-in synthetic scenes of `smartclip_data.scenes` (shapes and colours, 32x32)"
 # Training arguments on the card even at the Trainer's defaults (the others only when the run changed them).
 ALWAYS_SHOWN = ("learning_rate", "per_device_train_batch_size", "num_train_epochs", "max_steps", "seed")
 LOCAL_CHECKPOINT = "a local checkpoint (not published)"
 LOCAL_DATASET = "a local dataset (not published)"
 FROM_SCRATCH = "none (towers trained from scratch)"
-# Words of an argument's name that mark a credential (`hub_token`, `wandb.key`, `aws_access_key_id`).
-SECRET_NAME_WORDS = frozenset(
-    {"token", "secret", "password", "passwd", "key", "apikey", "credential", "credentials", "auth"}
-)
-# Values that are credentials wherever they appear.
-SECRET_VALUES = tuple(
-    re.compile(pattern)
-    for pattern in (
-        r"\bhf_[A-Za-z0-9]{20,}",  # Hugging Face tokens
-        r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",  # AWS access key ids
-        r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@",  # URLs with user:password@
-        r"-----BEGIN [A-Z ]*PRIVATE KEY-----",  # PEM private keys
-        r"\b[0-9a-f]{40}\b",  # Weights & Biases API keys (also a git commit id: left out too)
-        r"\b(?:sk|pk|ghp|gho|ghs|glpat|xox[abp])[-_][A-Za-z0-9_-]{16,}",  # OpenAI, GitHub, GitLab, Slack tokens
-        # Long key-like strings: 32+ characters of base64's alphabet mixing upper case, lower case and digits ("-"
-        # and "_" end a run, so that hyphenated names such as run names are not taken for keys).
-        r"(?<![A-Za-z0-9+/=])(?=[A-Za-z0-9+/=]*[a-z])(?=[A-Za-z0-9+/=]*[A-Z])(?=[A-Za-z0-9+/=]*[0-9])"
-        r"[A-Za-z0-9+/=]{32,}",
-    )
-)
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")  # the Trainer's; its run folder holds what was saved once per run
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One number of a results file: which model (`None` in a one-model file), under which scoring, which metric."""
-
-    model: str | None
-    scoring: str
-    metric: str
-    value: float
+# What a training run records beside its model, which the card reads and a Hub-ready copy of the model carries.
+RUN_RECORD_FILES = ("training_args.json", "trainer_state.json", TRAINER_RESULTS)
 
 
 @dataclass
@@ -75,98 +50,6 @@ class RunRecord:
     training_rows: list[tuple[str, str]]
     base_model: str | None
     dataset: str | None
-
-
-# ----- results file ---------------------------------------------------------------------------------------------
-
-
-def _numeric_leaves(tree: dict, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], float]]:
-    """`(path, value)` of every number in nested dicts.
-
-    Strings, lists, booleans and nulls (a metric that could not be computed) are not measurements, nor are the
-    evaluation sets' sizes under a `counts` key.
-    """
-    leaves = []
-    for key, value in tree.items():
-        if key == COUNTS_KEY:
-            continue
-        if isinstance(value, dict):
-            leaves += _numeric_leaves(value, (*prefix, str(key)))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            leaves.append(((*prefix, str(key)), float(value)))
-    return leaves
-
-
-def _split_scoring(path: tuple[str, ...]) -> tuple[str, str]:
-    """Finds the scoring named in a metric's path, as a key (`{"modular": {...}}`) or a word of one (`R@1_modular`).
-
-    Returns `(scoring, metric name without it)`.
-    """
-    for position, part in enumerate(path):
-        words = re.split(r"([_/\- .()]+)", part)
-        for index, word in enumerate(words):
-            if word.lower() in SCORINGS:
-                cut = slice(index - 1, index + 1) if index else slice(0, 2)  # the word and one separator
-                rest = "".join(words[: cut.start] + words[cut.stop :]).strip("_/- .()")
-                remaining = [*path[:position], *([rest] if rest else []), *path[position + 1 :]]
-                return word.lower(), "/".join(remaining) or part
-    return NO_SCORING, "/".join(path)
-
-
-def _is_model_entry(value) -> bool:
-    return isinstance(value, dict) and any(str(key).lower() in SCORINGS for key in value)
-
-
-def parse_results(results: dict, model_key: str | None = None) -> tuple[list[Measurement], str | None]:
-    """Reads the numbers of a results file, tolerant of its layout.
-
-    Accepted: `{metric: value}`, `{scoring: {metric: value}}` (one model), or `{model: {scoring: {metric: value}}}`
-    (several models, e.g. SmartCLIP and its CLIP baseline); metrics may be grouped in further nested dicts, and a
-    scoring may also be a word of the metric's name (`long_t2i_R@1_modular`). In a several-model file, `model_key`
-    names the pushed model (default: the only model, else the one key containing "smartclip"); top-level entries
-    that are not models (run settings, counts) are not measurements of any model and are dropped.
-
-    Returns the measurements and the pushed model's key (`None` for a one-model file).
-    """
-    if not isinstance(results, dict):
-        raise ValueError(f"A results file must hold a JSON object; got {type(results).__name__}.")
-    models = [key for key, value in results.items() if _is_model_entry(value)]
-    if any(str(key).lower() in SCORINGS for key in results):
-        models = []  # the top level is one model's scorings
-    if model_key is not None:
-        if not isinstance(results.get(model_key), dict):
-            raise ValueError(f"Results have no model entry {model_key!r}; top-level keys are {sorted(results)}.")
-        models = list(dict.fromkeys([*models, model_key]))
-    if not models:
-        return [Measurement(None, *_split_scoring(path), value) for path, value in _numeric_leaves(results)], None
-
-    if model_key is None:
-        candidates = models if len(models) == 1 else [key for key in models if "smartclip" in str(key).lower()]
-        if len(candidates) != 1:
-            raise ValueError(
-                f"Results hold several models {models}; name the pushed one with --results_model (expected exactly "
-                f"one key containing 'smartclip', found {candidates})."
-            )
-        model_key = candidates[0]
-    measurements = [
-        Measurement(model, *_split_scoring(path), value)
-        for model in models
-        for path, value in _numeric_leaves(results[model])
-    ]
-    return measurements, model_key
-
-
-def read_results(path: str | Path, model_key: str | None = None) -> tuple[list[Measurement], str | None]:
-    """`parse_results` of a JSON file; a file with no number in it is an error rather than an empty card section."""
-    path = Path(path)
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"Cannot read the results file {path}: {error}") from error
-    measurements, model_key = parse_results(results, model_key)
-    if not measurements:
-        raise ValueError(f"The results file {path} holds no numbers; expected metric name -> value entries.")
-    return measurements, model_key
 
 
 # ----- training record ------------------------------------------------------------------------------------------
@@ -197,16 +80,18 @@ def _is_local_path(value: object) -> bool:
     return isinstance(value, str) and (Path(value).is_absolute() or Path(value).exists())
 
 
-def looks_secret(key: str, value: object) -> bool:
-    """Whether an argument must stay off the card: its name says it is a credential (`hub_token`, `wandb.key`,
-    `aws_access_key_id`), or its value looks like one wherever it appears (`SECRET_VALUES`)."""
-    words = set(re.split(r"[^a-z0-9]+", key.lower()))
-    return bool(words & SECRET_NAME_WORDS) or any(pattern.search(str(value)) for pattern in SECRET_VALUES)
-
-
 def _default_training_arguments() -> dict[str, object]:
     """`TrainingArguments().to_sanitized_dict()`: what the card leaves out of the training section as unchanged."""
     return TrainingArguments(output_dir="unused", report_to="none").to_sanitized_dict()
+
+
+def _local_data(record: dict[str, object]) -> str | None:
+    """smartclip-train's local files (`--train_file`, `--data_dir`) as the card names them: file names only."""
+    for wanted in LOCAL_DATA_KEYS:
+        for key, value in record.items():
+            if key.rsplit(".", 1)[-1] == wanted and isinstance(value, str) and value:
+                return f"local files `{Path(value).name}` (not published)"
+    return None
 
 
 def read_run_record(folders: list[Path]) -> RunRecord:
@@ -214,21 +99,27 @@ def read_run_record(folders: list[Path]) -> RunRecord:
 
     `training_args.json` is what `smartclip-train` writes: `{"model": ModelArguments, "data": DataArguments,
     "training": TrainingArguments.to_sanitized_dict()}` (a flat object of arguments is read too). The base
-    checkpoint is `model.model_name_or_path` (`None`: towers trained from scratch), the data `data.dataset_name`
-    (`None`: the built-in scenes). The first folder holding each file wins (a Trainer checkpoint, then its output
-    folder). Left out of the card: credentials by name or by value (`looks_secret`), local paths (keys ending in
-    `_dir`, absolute or existing paths), which say nothing to a reader of the Hub page, and training arguments at
-    the Trainer's defaults.
+    checkpoint is `model.model_name_or_path` (`None`: towers trained from scratch), the data `data.dataset_name`,
+    else the names of `data.train_file` / `data.data_dir` (none of them: the built-in scenes). The first folder
+    holding each file wins (a Trainer checkpoint, then its output folder). Left out of the card: credentials
+    (`secrets.scrub`: by name at any depth, redacted by value), local paths (keys ending in `_dir`, absolute or
+    existing paths), which say nothing to a reader of the Hub page, and training arguments at the Trainer's
+    defaults.
     """
     record: dict[str, object] = {}
-    for name in ("training_args.json", "trainer_state.json"):
+    taken: list[str] = []
+    for name in RUN_RECORD_FILES[:2]:
         path = next((folder / name for folder in folders if (folder / name).is_file()), None)
         if path is None:
             continue
         data = _read_json(path)
         if name == "trainer_state.json":  # only the run's extent; log_history is not a table of the card
             data = {key: data[key] for key in ("global_step", "epoch", "max_steps", "train_batch_size") if key in data}
+        data, found = scrub(data)
+        taken += found
         record.update(_flatten(data))
+    if taken:
+        warnings.warn(f"Left out of the model card, as they look like credentials: {', '.join(taken)}.", stacklevel=2)
 
     if any(key.startswith("training.") for key in record):
         defaults = _default_training_arguments()
@@ -239,33 +130,24 @@ def read_run_record(folders: list[Path]) -> RunRecord:
             or key.removeprefix("training.") in ALWAYS_SHOWN
             or defaults.get(key.removeprefix("training."), object()) != value
         }
-    secrets = sorted(key for key, value in record.items() if looks_secret(key, value))
-    if secrets:
-        warnings.warn(f"Left out of the model card, as they look like credentials: {', '.join(secrets)}.", stacklevel=2)
-    shown = {
-        key: value
-        for key, value in record.items()
-        if key not in secrets and not key.lower().endswith("_dir") and not _is_local_path(value)
-    }
+    shown = {key: value for key, value in record.items() if not key.lower().endswith("_dir") and not _is_local_path(value)}
     rows = [(key, str(value).replace("|", "\\|")) for key, value in shown.items() if value not in (None, "", [], {})]
 
     def describe(keys: tuple[str, ...], local: str, unset: str | None) -> str | None:
-        """The first recorded value of `keys`: `unset` if it is `None`, `local` for a local path, `None` if absent
-        or secret."""
+        """The first recorded value of `keys`: `unset` if it is `None`, `local` for a local path, `None` if
+        absent."""
         for wanted in keys:
             for key, value in record.items():
-                if key.rsplit(".", 1)[-1] != wanted or not (value is None or isinstance(value, str)):
-                    continue
-                if key in secrets:
-                    return None
-                return unset if value in (None, "") else local if _is_local_path(value) else value
+                if key.rsplit(".", 1)[-1] == wanted and (value is None or isinstance(value, str)):
+                    return unset if value in (None, "") else local if _is_local_path(value) else value
         return None
 
-    # smartclip-train's `--model_name_or_path None` builds small towers, its `--dataset_name None` uses the scenes.
+    # smartclip-train's `--model_name_or_path None` builds small towers; without `--dataset_name` it reads
+    # `--train_file` / `--data_dir`, and without those the scenes.
     return RunRecord(
         training_rows=rows,
         base_model=describe(BASE_MODEL_KEYS, LOCAL_CHECKPOINT, FROM_SCRATCH),
-        dataset=describe(DATASET_KEYS, LOCAL_DATASET, BUILTIN_DATASET),
+        dataset=describe(DATASET_KEYS, LOCAL_DATASET, _local_data(record) or BUILTIN_DATASET),
     )
 
 
@@ -358,6 +240,9 @@ def build_model_card(
         plots: image paths inside the repo, shown under the results.
         eval_dataset: what the results were measured on, for the model-index (default: the training data, else
             "unspecified").
+
+    Every credential-looking value that reached the card (a URL's password in `--dataset`, a token in a run name) is
+    redacted from its text and metadata, with a warning.
     """
     eval_dataset = eval_dataset or run.dataset
     results = eval_results(measurements, model_key, eval_dataset or "unspecified") if measurements else []
@@ -371,7 +256,7 @@ def build_model_card(
         tags=["smartclip", "clip", "vision-language", "custom_code"],
         eval_results=results or None,
     )
-    return ModelCard.from_template(
+    card = ModelCard.from_template(
         card_data,
         template_path=str(template_path),
         repo_id=repo_id,
@@ -387,11 +272,23 @@ def build_model_card(
         plots=[(Path(path).stem.replace("_", " "), path) for path in plots],
         license=license,
     )
+    if has_secret(card.content):
+        warnings.warn("Redacted values that look like credentials from the model card.", stacklevel=2)
+        card = ModelCard(redact(card.content))
+    return card
 
 
 def run_folders(model_dir: Path) -> list[Path]:
     """`model_dir`, then its run folder if it is a Trainer `checkpoint-N` (what is saved once per run is there)."""
     return [model_dir, model_dir.parent] if CHECKPOINT_NAME.fullmatch(model_dir.name) else [model_dir]
+
+
+def recorded_results(model_dir: Path, config: SmartCLIPConfig) -> list[Measurement] | None:
+    """The Trainer's `eval_results.json` of `model_dir`'s run (`read_trainer_results`), `None` if there is none."""
+    path = next((folder / TRAINER_RESULTS for folder in run_folders(model_dir) if (folder / TRAINER_RESULTS).is_file()), None)
+    if path is None:
+        return None
+    return read_trainer_results(path, config.scoring) or None
 
 
 def write_model_card(
@@ -401,9 +298,10 @@ def write_model_card(
 
     Called at the end of a training run, so that the output folder is Hub-ready as it is. The card is filled from
     the folder's `config.json` and `training_args.json` (see `read_run_record`) and `results` (a results file or
-    the same object, as `parse_results` reads it; `None`: the card says no results were recorded). The folder's
-    JSON files keep only this package's own `auto_map` entries (`strip_foreign_auto_map` warns about any other).
-    `repo_id` names the model in the card's code; default `<your-namespace>/<folder name>`.
+    the same object, as `parse_results` reads it; `None`: the run's `eval_results.json` if it wrote one, else the
+    card says no results were recorded). The folder's JSON files keep only this package's own code pointers
+    (`strip_foreign_code` warns about any other). `repo_id` names the model in the card's code; default
+    `<your-namespace>/<folder name>`.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -411,26 +309,62 @@ def write_model_card(
     config = SmartCLIPConfig.from_pretrained(model_dir)
     if isinstance(results, dict):
         measurements, model_key = parse_results(results)
+    elif results is not None:
+        measurements, model_key = read_results(results)
     else:
-        measurements, model_key = read_results(results) if results is not None else (None, None)
+        measurements, model_key = recorded_results(model_dir, config), None
     card = build_model_card(
         repo_id or f"<your-namespace>/{model_dir.resolve().name}", config, read_run_record(run_folders(model_dir)),
         measurements, model_key,
     )
-    strip_foreign_auto_map(model_dir)
+    strip_foreign_code(model_dir)
     card.save(model_dir / "README.md")
     return model_dir / "README.md"
 
 
+def save_hub_ready(
+    run_dir: str | Path, out_dir: str | Path, results: str | Path | dict | None = None, model_key: str | None = None
+) -> Path:
+    """Writes the trained model of `run_dir` (a `smartclip-train` output folder or a `checkpoint-N`) into `out_dir`
+    with what its card needs, and the card; returns `out_dir`.
+
+    `out_dir` gets the model and processor (loaded exactly, safetensors only, saved again: no optimizer state and
+    no pickle), the run's record (`RUN_RECORD_FILES`: its arguments, extent and evaluation, without credentials)
+    and `README.md`, filled from them and from `results` (a results file or object and, if it holds several
+    models, the key of this one; default: the run's `eval_results.json`). `smartclip-compare` calls it for the
+    folder it leaves ready to push.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model, processor = load_model_and_processor(run_dir, strict=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    for name in RUN_RECORD_FILES:
+        source = next((folder / name for folder in run_folders(run_dir) if (folder / name).is_file()), None)
+        if source is not None:
+            shutil.copyfile(source, out_dir / name)
+    scrub_json_files(out_dir)
+    if isinstance(results, dict):
+        measurements, model_key = parse_results(results, model_key)
+    elif results is not None:
+        measurements, model_key = read_results(results, model_key)
+    else:
+        measurements = recorded_results(out_dir, model.config)
+    card = build_model_card(
+        f"<your-namespace>/{out_dir.resolve().name}", model.config, read_run_record([out_dir]), measurements, model_key
+    )
+    strip_foreign_code(out_dir)
+    card.save(out_dir / "README.md")
+    return out_dir
+
+
 __all__ = [
-    "Measurement",
     "RunRecord",
     "build_model_card",
     "eval_results",
-    "parse_results",
-    "read_results",
     "read_run_record",
+    "recorded_results",
     "results_table",
     "run_folders",
+    "save_hub_ready",
     "write_model_card",
 ]

@@ -29,7 +29,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from modeling_smartclip import SmartCLIPConfig, SmartCLIPModel
 from modeling_smartclip.loading import load_model_and_processor
 
-from .auto_map import strip_foreign_auto_map
+from .code_pointers import strip_foreign_code
+from .secrets import redact, scrub_json_files
 
 TEXT_ENCODER_DIR, TOKENIZER_DIR = "text_encoder", "tokenizer"  # diffusers' component folder names
 # A tokenizer saved from SmartCLIP's processor names it and its code; the standalone tokenizer is plain CLIP's.
@@ -63,8 +64,9 @@ def export_text_encoder(model_dir: str | Path, out_dir: str | Path, with_project
     """Writes `text_encoder/` and `tokenizer/` of `model_dir` (a SmartCLIP folder or Hub id; a CLIP one is converted
     first, its 77 positions stretched to 248) into `out_dir`.
 
-    The checkpoint must load exactly (no missing, unexpected or non-finite weights). Returns the written files,
-    relative to `out_dir`.
+    The checkpoint must load exactly (no missing, unexpected or non-finite weights). Neither code pointers nor
+    credentials that the source folder's JSON files hold are copied. Returns the written files, relative to
+    `out_dir`.
     """
     out_dir = Path(out_dir)
     model, processor = load_model_and_processor(model_dir, strict=True)
@@ -85,7 +87,8 @@ def export_text_encoder(model_dir: str | Path, out_dir: str | Path, with_project
         tokenizer_config.pop(key, None)
     config_path.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
     for folder in (TEXT_ENCODER_DIR, TOKENIZER_DIR):
-        strip_foreign_auto_map(out_dir / folder, own=())  # the export ships no code: any entry left is foreign
+        strip_foreign_code(out_dir / folder, own=())  # the export ships no code: any entry left is foreign
+        scrub_json_files(out_dir / folder)
     return sorted(path.relative_to(out_dir).as_posix() for path in out_dir.rglob("*") if path.is_file())
 
 
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = export_text_encoder(args.model_dir, args.out_dir, args.with_projection)
     except (ValueError, OSError) as error:
-        print(f"smartclip-export-text-encoder: {error}", file=sys.stderr)
+        print(f"smartclip-export-text-encoder: {redact(error)}", file=sys.stderr)
         return 2
     print(f"Wrote {args.out_dir}: {', '.join(files)}")
     return 0

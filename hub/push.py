@@ -8,10 +8,12 @@ and nothing a checkpoint carries besides (optimizer and scheduler states, RNG st
 Hub and a re-run completes it.
 
 Nothing is staged that the user did not mean to ship: a checkpoint whose weights do not load exactly (missing,
-unexpected or non-finite) is refused, naming them; `auto_map` entries that point at code other than this package's
-(another repo's, which `trust_remote_code=True` would run) are removed with a warning; values that look like
-credentials stay off the card. Every request has a timeout (`--timeout`), so an endpoint that stops answering is an
-error naming the step, not a hang.
+unexpected or non-finite) is refused, naming them; code pointers (`auto_map`, `custom_pipelines`) that name code
+other than this package's (another repo's, which `trust_remote_code=True` would run) are removed with a warning, and
+so are credentials the folder's JSON files hold (`secrets`); none reaches the card or the terminal either. Every
+request has a timeout (`--timeout`) and the whole upload a deadline (`--deadline`), so an endpoint that stops
+answering, drops the connection or trickles is an error naming the step, not a hang. Files go up through the Hub's
+LFS protocol, in this process's HTTP client, where those limits hold (hf_xet's uploads run outside it).
 
     smartclip-push outputs/compare/smartclip me/smartclip-scenes \\
         --results outputs/compare/results.json --plots outputs/compare/*.png
@@ -20,30 +22,43 @@ error naming the step, not a hang.
 import argparse
 import contextlib
 import json
+import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi, get_session
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_session
 from huggingface_hub.errors import HTTPError
 from huggingface_hub.utils import validate_repo_id
 
 from modeling_smartclip import retrieval
 from modeling_smartclip.loading import load_model_and_processor
 
-from .auto_map import strip_foreign_auto_map
-from .card import TEMPLATE_PATH, build_model_card, read_results, read_run_record, run_folders
+from .card import TEMPLATE_PATH, build_model_card, read_run_record, recorded_results, run_folders
+from .code_pointers import strip_foreign_code
+from .results import read_results
+from .secrets import redact, scrub_json_files
+from .space import write_space_folder
 
 PROCESSOR_FILE = "processor_config.json"
-# Seconds to connect, and between two bytes sent or received: a stalled server is an error after this, while a large
-# upload that keeps moving is never cut.
+# Seconds to connect, and between two bytes sent or received: a stalled server is an error after this.
 DEFAULT_TIMEOUT_S = 60.0
+# The whole upload's deadline, by default: this many seconds plus the files' size at `MIN_UPLOAD_RATE` bytes per
+# second, so that a large upload that keeps moving is not cut, and a server that trickles bytes is.
+BASE_DEADLINE_S = 600.0
+MIN_UPLOAD_RATE = 100_000
 
 
 class PushError(RuntimeError):
-    """An upload step failed (HTTP error or no connection); the message names the step and the server's answer."""
+    """An upload step failed (HTTP error, no connection, no answer, or past the deadline); the message names the step
+    and the reason."""
+
+
+class DeadlineExceeded(Exception):
+    """The push ran past its deadline. Not one of the network errors that huggingface_hub retries."""
 
 
 def _processor_folder(source: Path, processor: Path | None) -> Path:
@@ -110,11 +125,14 @@ def stage_model(
     processor.save_pretrained(staging_dir)
     # The retrieval encoders too, which the demo's Space loads from the repo's code (nothing imports them on load).
     shutil.copyfile(retrieval.__file__, staging_dir / "retrieval.py")
-    strip_foreign_auto_map(staging_dir)
+    strip_foreign_code(staging_dir)
+    scrub_json_files(staging_dir)
     for plot in plot_paths:
         (staging_dir / "plots").mkdir(exist_ok=True)
         shutil.copyfile(plot, staging_dir / "plots" / plot.name)
 
+    if results is None:
+        measurements = recorded_results(source, model.config)  # the run's eval_results.json, if it wrote one
     run = read_run_record(run_folders(source))
     run.base_model = base_model or run.base_model
     run.dataset = dataset or run.dataset
@@ -127,28 +145,84 @@ def stage_model(
 
 
 def stage_space(staging_dir: str | Path, model_repo_id: str) -> list[str]:
-    """Writes the Space folder (a Gradio app serving `model_repo_id`) with the demo's own writer; returns its files."""
-    try:
-        from smartclip_demo.space import write_space_folder
-    except ImportError as error:
-        raise ValueError(f"--space needs the demo's Space writer (smartclip_demo.space): {error}") from error
+    """Writes the Space folder (a Gradio app serving `model_repo_id`, `space.write_space_folder`); returns its
+    files."""
     write_space_folder(Path(staging_dir), model_repo_id)
     return list_files(Path(staging_dir))
 
 
-@contextlib.contextmanager
-def request_timeout(seconds: float):
-    """Inside the block, huggingface_hub's shared HTTP client gives up after `seconds` without progress.
+def default_deadline(folder: Path) -> float:
+    """`BASE_DEADLINE_S` plus the time `folder`'s files take at `MIN_UPLOAD_RATE`."""
+    return BASE_DEADLINE_S + sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / MIN_UPLOAD_RATE
 
-    Its default client waits forever, and most `HfApi` calls take no timeout argument. The client's own timeout is
-    put back on exit.
+
+class _DeadlineStream(httpx2.SyncByteStream):
+    """A response body that raises `DeadlineExceeded` at the first chunk past the deadline (a server that sends one
+    byte per second never trips the per-read timeout)."""
+
+    def __init__(self, stream: httpx2.SyncByteStream, check):
+        self.stream, self.check = stream, check
+
+    def __iter__(self):
+        for chunk in self.stream:
+            self.check()
+            yield chunk
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+@contextlib.contextmanager
+def upload_limits(timeout: float, deadline: float):
+    """Inside the block, huggingface_hub's shared HTTP client gives up after `timeout` seconds without progress and
+    raises `DeadlineExceeded` once `deadline` seconds have passed (before any request, and while reading any
+    answer), and files go up through LFS, in that client.
+
+    Its default client waits forever, most `HfApi` calls take no timeout argument, and hf_xet's uploads run outside
+    the client. Everything is put back on exit.
     """
     session = get_session()
-    previous, session.timeout = session.timeout, httpx2.Timeout(seconds)
+    ends = time.monotonic() + deadline
+
+    def check(*_) -> None:
+        if time.monotonic() > ends:
+            raise DeadlineExceeded(f"not finished within the push's deadline of {deadline:g} s (--deadline)")
+
+    def limit_answer(response: httpx2.Response) -> None:
+        response.stream = _DeadlineStream(response.stream, check)
+
+    hooks = session.event_hooks
+    hooks["request"].append(check)
+    hooks["response"].append(limit_answer)
+    previous = session.timeout, constants.HF_HUB_DISABLE_XET
+    session.timeout, constants.HF_HUB_DISABLE_XET = httpx2.Timeout(timeout), True
     try:
         yield
     finally:
-        session.timeout = previous
+        session.timeout, constants.HF_HUB_DISABLE_XET = previous
+        hooks["request"].remove(check)
+        hooks["response"].remove(limit_answer)
+
+
+def _reason(error: BaseException, endpoint: str, timeout: float) -> str:
+    """Why a push step failed, from the chain of exceptions huggingface_hub raised (it wraps a failed LFS upload in
+    a RuntimeError naming the file)."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    uploads = [re.match(r"Error while uploading ('.+') to the Hub", str(cause)) for cause in chain]
+    uploading = next((f"uploading {match[1]}: " for match in uploads if match), "")
+    for cause in chain:
+        if isinstance(cause, DeadlineExceeded):
+            return f"{uploading}{cause}"
+        if isinstance(cause, httpx2.TimeoutException):
+            return f"{uploading}{endpoint} did not answer within {timeout:g} s"
+        if isinstance(cause, httpx2.TransportError):
+            return f"{uploading}cannot reach {endpoint} ({type(cause).__name__}: {cause})"
+        if isinstance(cause, HTTPError):
+            return f"{uploading}{cause}"
+    return f"{uploading}{type(chain[0]).__name__}: {chain[0]}"
 
 
 def commit_folder(
@@ -160,15 +234,17 @@ def commit_folder(
     revision: str | None = None,
     commit_message: str = "Upload SmartCLIP",
     timeout: float = DEFAULT_TIMEOUT_S,
+    deadline: float | None = None,
 ) -> str:
     """Creates the repo (and the branch `revision`) if needed and commits every file of `folder` at once.
 
-    Returns the commit URL. Raises `PushError` naming the step that failed (an HTTP error, no connection, or no
-    answer within `timeout` seconds); a commit is all or nothing, so a failed one changes nothing.
+    Returns the commit URL. Raises `PushError` naming the step that failed (an HTTP error, no connection, no answer
+    within `timeout` seconds, or not done `deadline` seconds after the start, default `default_deadline(folder)`);
+    a commit is all or nothing, so a failed one changes nothing.
     """
     step = f"creating the {repo_type} repo {repo_id}"
     try:
-        with request_timeout(timeout):
+        with upload_limits(timeout, default_deadline(folder) if deadline is None else deadline):
             repo_url = api.create_repo(
                 repo_id, repo_type=repo_type, private=private, exist_ok=True,
                 space_sdk="gradio" if repo_type == "space" else None,
@@ -183,13 +259,30 @@ def commit_folder(
             commit = api.create_commit(
                 repo_id, operations, commit_message=commit_message, repo_type=repo_type, revision=revision
             )
-    except httpx2.TimeoutException as error:
-        raise PushError(f"{step} failed: {api.endpoint} did not answer within {timeout:g} s") from error
-    except httpx2.TransportError as error:
-        raise PushError(f"{step} failed: cannot reach {api.endpoint} ({type(error).__name__}: {error})") from error
-    except HTTPError as error:  # the HTTP error answers (huggingface_hub's errors derive from it)
-        raise PushError(f"{step} failed: {error}") from error
+    # An HTTP error answer (huggingface_hub's errors derive from HTTPError), a network error, the deadline, or what
+    # huggingface_hub makes of them on the LFS path (a RuntimeError naming the file, a ValueError for a bad answer).
+    except (httpx2.HTTPError, HTTPError, DeadlineExceeded, RuntimeError, ValueError, OSError) as error:
+        raise PushError(f"{step} failed: {_reason(error, api.endpoint, timeout)}") from error
     return commit.commit_url
+
+
+def push_model(
+    api: HfApi,
+    source: str | Path,
+    repo_id: str,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload SmartCLIP model",
+    timeout: float = DEFAULT_TIMEOUT_S,
+    deadline: float | None = None,
+    **stage_kwargs,
+) -> tuple[list[str], str]:
+    """Stages `source` in a temporary folder (`stage_model`) and commits it to `repo_id` (`commit_folder`); returns
+    the files and the commit URL. What `smartclip-push` and `smartclip-train --push_to_hub` upload."""
+    with tempfile.TemporaryDirectory(prefix="smartclip-push-") as staging:
+        files = stage_model(source, Path(staging), repo_id, **stage_kwargs)
+        url = commit_folder(api, Path(staging), repo_id, "model", private, revision, commit_message, timeout, deadline)
+    return files, url
 
 
 def _print_listing(title: str, folder: Path, files: list[str]) -> None:
@@ -227,6 +320,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                         help="seconds a request may wait to connect or between two bytes (default "
                         f"{DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--deadline", type=float,
+                        help=f"seconds the whole upload of a repo may take (default {BASE_DEADLINE_S:g} plus its "
+                        f"size at {MIN_UPLOAD_RATE // 1000} kB/s)")
     parser.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
     return parser
 
@@ -239,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         card_template=args.card_template,
     )
     try:
-        if not args.timeout > 0:
-            raise ValueError(f"--timeout {args.timeout}; expected a number of seconds above 0.")
+        for flag, seconds in (("--timeout", args.timeout), ("--deadline", args.deadline)):
+            if seconds is not None and not seconds > 0:
+                raise ValueError(f"{flag} {seconds}; expected a number of seconds above 0.")
         for repo_id in filter(None, (args.repo_id, args.space)):
             validate_repo_id(repo_id)  # a ValueError naming the bad id, before any work
             if "/" not in repo_id:  # the card and the Space name the model by this id, so it must be complete
@@ -257,31 +354,29 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         api = HfApi(endpoint=args.endpoint)  # token: HF_TOKEN or the saved login, resolved by huggingface_hub
-        with tempfile.TemporaryDirectory(prefix="smartclip-push-") as staging:
-            model_dir = Path(staging) / "model"
-            files = stage_model(args.model_dir, model_dir, args.repo_id, **stage_kwargs)
-            private = args.private or None  # None: the Hub's default visibility
-            url = commit_folder(
-                api, model_dir, args.repo_id, "model", private, args.revision, args.commit_message, args.timeout
-            )
-            print(f"Pushed {len(files)} files to {args.repo_id}: {url}")
-            if args.space:
-                space_dir = Path(staging) / "space"
+        private = args.private or None  # None: the Hub's default visibility
+        limits = dict(timeout=args.timeout, deadline=args.deadline)
+        files, url = push_model(
+            api, args.model_dir, args.repo_id, private, args.revision, args.commit_message, **limits, **stage_kwargs
+        )
+        print(f"Pushed {len(files)} files to {args.repo_id}: {redact(url)}")
+        if args.space:
+            with tempfile.TemporaryDirectory(prefix="smartclip-space-") as space_dir:
                 files = stage_space(space_dir, args.repo_id)
                 url = commit_folder(
-                    api, space_dir, args.space, "space", private, None, args.commit_message, args.timeout
+                    api, Path(space_dir), args.space, "space", private, None, args.commit_message, **limits
                 )
-                print(f"Pushed {len(files)} files to Space {args.space}: {url}")
+            print(f"Pushed {len(files)} files to Space {args.space}: {redact(url)}")
     except PushError as error:
         print(
-            f"smartclip-push: {error}\nNothing was half-published (a commit lands whole or not at all) and "
+            f"smartclip-push: {redact(error)}\nNothing was half-published (a commit lands whole or not at all) and "
             f"{args.model_dir} is unchanged; re-run the same command to complete the push (files already on the Hub "
             "are skipped).",
             file=sys.stderr,
         )
         return 1
     except (ValueError, OSError) as error:
-        print(f"smartclip-push: {error}", file=sys.stderr)
+        print(f"smartclip-push: {redact(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -3,9 +3,11 @@
 It answers what huggingface_hub 2.x (`HfApi`, `hf_hub_download`, `snapshot_download`) and transformers'
 `from_pretrained` call to create a repo or a branch, validate a README's metadata, pre-upload and commit files, read
 repo info and trees, and resolve (HEAD) and download (GET) files. Files are committed inline ("regular" upload mode,
-base64 in the NDJSON commit body): the LFS and Xet upload protocols are not implemented, which is enough for tiny
-test models. Only loopback is bound; blobs live in a given storage folder; the server stops at `stop()` (or when its
-context closes) and by itself after `lifetime_s`.
+base64 in the NDJSON commit body), or, for paths ending in one of `lfs_suffixes`, through the LFS protocol (the batch
+endpoint, a basic-transfer PUT of the bytes, then an `lfsFile` line in the commit); the Xet protocol is not
+implemented. Uploads can be made to stall, drop the connection or answer one byte per second. Only loopback is bound;
+blobs live in a given storage folder; the server stops at `stop()` (or when its context closes) and by itself after
+`lifetime_s`.
 """
 
 import base64
@@ -35,6 +37,8 @@ ROUTES = [  # (method, pattern on the raw path, handler name); revisions arrive 
     ("POST", rf"/api/(?P<api_type>models|datasets|spaces)/{REPO}/preupload/(?P<rev>[^/]+)", "preupload"),
     ("POST", rf"/api/(?P<api_type>models|datasets|spaces)/{REPO}/commit/(?P<rev>[^/]+)", "commit"),
     ("POST", rf"/api/(?P<api_type>models|datasets|spaces)/{REPO}/branch/(?P<rev>[^/]+)", "create_branch"),
+    ("POST", rf"/(?P<prefix>datasets/|spaces/)?{REPO}\.git/info/lfs/objects/batch", "lfs_batch"),
+    ("PUT", r"/lfs-upload/(?P<oid>[0-9a-f]{64})", "lfs_upload"),
     ("GET", rf"/api/(?P<api_type>models|datasets|spaces)/{REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree"),
     ("GET", rf"/api/(?P<api_type>models|datasets|spaces)/{REPO}(?:/revision/(?P<rev>[^/]+))?", "repo_info"),
     ("HEAD", rf"/(?P<prefix>datasets/|spaces/)?{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
@@ -81,6 +85,10 @@ class HubServer:
     `fail_commits`: the next this many commit requests are answered HTTP 500 and change nothing.
     `stall_commits`: the next this many commit requests are never answered and change nothing (the connection is
     held open until the server stops), as a Hub that stopped responding mid-push.
+    `lfs_suffixes`: paths ending in one of these are uploaded through LFS (default: none, every file inline).
+    `upload_faults`: what the next LFS uploads (PUTs) meet, one entry each, taken in order: `"stall"` (the bytes are
+    read, no answer comes until the server stops), `"drop"` (the connection is closed without an answer) or
+    `"trickle"` (the answer comes one byte per second, for ten minutes).
     `requests`: `(method, path)` of every request, in order.
     """
 
@@ -93,6 +101,9 @@ class HubServer:
         self.lifetime_s = lifetime_s
         self.fail_commits = 0
         self.stall_commits = 0
+        self.lfs_suffixes: tuple[str, ...] = ()
+        self.upload_faults: list[str] = []
+        self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content, uploaded and not yet committed
         self.stopped = threading.Event()
         self.requests: list[tuple[str, str]] = []
         self.repos: dict[tuple[str, str], Repo] = {}
@@ -199,6 +210,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
     # ----- plumbing -----------------------------------------------------------------------------------------------
 
     def _dispatch(self, method: str) -> None:
@@ -214,6 +228,8 @@ class _Handler(BaseHTTPRequestHandler):
                         self.hub.stopped.wait(self.hub.lifetime_s)  # outside the lock: other requests are served
                         self.close_connection = True
                         return
+                    if name == "lfs_upload" and self._upload_fault(match["oid"], body):
+                        return
                     with self.hub.lock:
                         getattr(self, f"serve_{name}")(body, **match.groupdict())
                     return
@@ -225,6 +241,32 @@ class _Handler(BaseHTTPRequestHandler):
             if error.commit:
                 headers["X-Repo-Commit"] = error.commit
             self._send(error.status, json.dumps({"error": error.message}).encode(), headers, method == "HEAD")
+
+    def _upload_fault(self, oid: str, body: bytes) -> bool:
+        """Plays the next of `upload_faults` on this upload, outside the lock; False when there is none."""
+        with self.hub.lock:
+            fault = self.hub.upload_faults.pop(0) if self.hub.upload_faults else None
+        if fault is None:
+            return False
+        self.close_connection = True
+        if fault == "stall":
+            self.hub.stopped.wait(self.hub.lifetime_s)
+        elif fault == "trickle":  # a valid, complete answer, were the client to wait ten minutes for it
+            answer = b" " * 600
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            for byte in answer:
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    break
+                if self.hub.stopped.wait(1.0):
+                    break
+        elif fault != "drop":
+            raise ValueError(f"Unknown upload fault {fault!r}; expected stall, drop or trickle.")
+        return True
 
     def _take_stall(self) -> bool:
         with self.hub.lock:
@@ -310,7 +352,12 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self.hub._repo(api_type, repo_id, authorized=True)
         tree = repo.trees[self.hub._resolve(repo, unquote(rev))]
         files = [
-            {"path": item["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": tree.get(item["path"])}
+            {
+                "path": item["path"],
+                "uploadMode": "lfs" if item["path"].endswith(self.hub.lfs_suffixes) else "regular",
+                "shouldIgnore": False,
+                "oid": tree.get(item["path"]),
+            }
             for item in json.loads(body)["files"]
         ]
         self._json({"files": files, "commitOid": repo.branches.get(unquote(rev))})
@@ -336,6 +383,10 @@ class _Handler(BaseHTTPRequestHandler):
             key, value = line["key"], line["value"]
             if key == "file":
                 files[value["path"]] = base64.b64decode(value["content"])
+            elif key == "lfsFile":
+                if value["oid"] not in self.hub.lfs_objects:
+                    raise HubError(HTTPStatus.UNPROCESSABLE_ENTITY, f"LFS object {value['oid']} was never uploaded")
+                files[value["path"]] = self.hub.lfs_objects[value["oid"]]
             elif key in ("deletedFile", "deletedFolder"):
                 deleted.append(value["path"])
             elif key != "header":
@@ -344,6 +395,23 @@ class _Handler(BaseHTTPRequestHandler):
         repo.history.append(CommitRecord(oid, branch, header["summary"], sorted(files), deleted))
         prefix = URL_PREFIXES[repo.repo_type]
         self._json({"success": True, "commitOid": oid, "commitUrl": f"{self.hub.url}/{prefix}{repo_id}/commit/{oid}"})
+
+    def serve_lfs_batch(self, body: bytes, prefix: str | None, repo_id: str) -> None:
+        self._require_auth()
+        self.hub._repo({"datasets/": "dataset", "spaces/": "space"}.get(prefix, "model"), repo_id, authorized=True)
+        objects = []
+        for item in json.loads(body)["objects"]:
+            entry = {"oid": item["oid"], "size": item["size"]}
+            if item["oid"] not in self.hub.lfs_objects:
+                entry["actions"] = {"upload": {"href": f"{self.hub.url}/lfs-upload/{item['oid']}"}}
+            objects.append(entry)
+        self._json({"transfer": "basic", "objects": objects})
+
+    def serve_lfs_upload(self, body: bytes, oid: str) -> None:
+        if hashlib.sha256(body).hexdigest() != oid:
+            raise HubError(HTTPStatus.BAD_REQUEST, f"The uploaded bytes do not hash to {oid}")
+        self.hub.lfs_objects[oid] = body
+        self._send(HTTPStatus.OK, b"")
 
     def serve_create_branch(self, body: bytes, api_type: str, repo_id: str, rev: str) -> None:
         self._require_auth()

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from modeling_smartclip import SmartCLIPModel, encode_gallery, encode_texts, search_images
 from smartclip_demo import app as demo_app
-from smartclip_demo.space import write_space_folder
+from smartclip_hub.space import write_space_folder
 from tests.support import (
     GRADIO_PANDAS_WARNINGS,
     UNREADABLE,

@@ -83,3 +83,24 @@ def test_export_refuses_a_checkpoint_with_missing_weights(smartclip_dir, tmp_pat
     error = capsys.readouterr().err
     assert "missing (would be freshly initialised): logit_scale, mask_head.norm.weight" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_export_copies_neither_credentials_nor_foreign_code_pointers(smartclip_dir, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(smartclip_dir, source)
+    secrets = {"token": "hf_" + "ExportMustNotCopyThisToken1", "use_auth_token": "hf_" + "NorThisOneEither22222",
+               "wandb_api_key": "fedcba9876543210" * 2}
+    pipelines = {"zero-shot-image-classification": {"impl": "evil/code--x.P", "pt": ["AutoModel"]}}
+    for name, extra in (("config.json", {"custom_pipelines": pipelines}), ("tokenizer_config.json", {})):
+        config = json.loads((source / name).read_text())
+        config.update(**secrets, **extra)
+        (source / name).write_text(json.dumps(config))
+
+    with pytest.warns(UserWarning):
+        assert main([str(source), str(tmp_path / "out")]) == 0
+
+    written = b"".join(path.read_bytes() for path in (tmp_path / "out").rglob("*") if path.is_file())
+    assert [name for name, value in secrets.items() if value.encode() in written] == []
+    assert b"evil/code" not in written
+    CLIPTextModel.from_pretrained(tmp_path / "out", subfolder="text_encoder")
+    AutoTokenizer.from_pretrained(tmp_path / "out", subfolder="tokenizer")

@@ -24,9 +24,10 @@ from safetensors.torch import load_file, save_file
 from transformers import pipeline
 
 from modeling_smartclip import SmartCLIPModel
-from smartclip_hub.card import TEMPLATE_PATH, eval_results, parse_results, write_model_card
-from smartclip_demo.space import write_space_folder
+from smartclip_hub.card import TEMPLATE_PATH, eval_results, write_model_card
 from smartclip_hub.push import main
+from smartclip_hub.results import parse_results
+from smartclip_hub.space import write_space_folder
 from tests.support import run_without_package
 from tests.hub_server import HubServer
 
@@ -306,7 +307,7 @@ def test_dry_run_lists_exactly_the_staged_files_and_sends_nothing(trained_dir, t
 
 
 def test_space_dry_run_and_push(hub, trained_dir, tmp_path, capsys):
-    pytest.importorskip("smartclip_demo.space")
+    pytest.importorskip("smartclip_demo.app")
     staging = tmp_path / "staging"
     dry_run = ["--dry-run", "--staging_dir", str(staging)]
     assert main([str(trained_dir), "tester/model", *dry_run, "--space", "tester/demo"]) == 0
@@ -387,10 +388,11 @@ def test_foreign_auto_map_entries_never_reach_the_hub(hub, trained_dir, tmp_path
     _edit_json(source / "processor_config.json", lambda c: c["auto_map"].update(AutoImageProcessor=foreign))
 
     # (The processor writes its own auto_map afresh; the config and the tokenizer carry what they loaded.)
-    with pytest.warns(UserWarning, match="Removed 2 auto_map entries") as warned:
+    with pytest.warns(UserWarning, match="Removed 2 code pointers") as warned:
         assert _push(hub, source, "tester/victim") == 0
     message = str(warned[0].message)
-    assert "tokenizer_config.json: AutoTokenizer" in message and "config.json: AutoModelForCausalLM" in message
+    assert "tokenizer_config.json: auto_map.AutoTokenizer" in message
+    assert "config.json: auto_map.AutoModelForCausalLM" in message
 
     pushed = hub.repo_files("tester/victim")
     assert not any(b"--" in content and b"auto_map" in content for name, content in pushed.items() if name.endswith(".json"))
@@ -590,3 +592,104 @@ def test_a_wheel_carries_the_model_card_template(tmp_path):
         template = archive.read(f"smartclip_hub/{TEMPLATE_PATH.name}")
     assert template == TEMPLATE_PATH.read_bytes()
 
+
+
+# ----- foreign code, credentials and faults on the upload path (issue 25) ---------------------------------------
+
+EVIL_PIPELINE = {"zero-shot-image-classification": {"impl": "tester/evil--evil_code.EvilPipeline", "pt": ["AutoModel"]}}
+# Credentials a folder's JSON files may already hold (copied from elsewhere, or written by an old tool).
+FOLDER_SECRETS = {
+    "token": "hf_" + "FolderTokenThatMustNotShip1",
+    "use_auth_token": "hf_" + "AuthTokenThatMustNotShip22",
+    "wandb_api_key": "0123456789abcdef" * 2 + "01234567",
+    "accessToken": "plain-words-but-named-a-token",
+    "nested": [{"db_pass": "hunter2-db-password"}],
+}
+
+
+def _plant(folder) -> None:
+    """A foreign custom pipeline and credentials in `folder`'s config.json and tokenizer_config.json."""
+    _edit_json(folder / "config.json", lambda c: c.update(custom_pipelines=EVIL_PIPELINE, **FOLDER_SECRETS))
+    _edit_json(folder / "tokenizer_config.json", lambda c: c.update(**FOLDER_SECRETS))
+
+
+def _secret_values(tree) -> list[str]:
+    if isinstance(tree, dict):
+        return [value for item in tree.values() for value in _secret_values(item)]
+    if isinstance(tree, list):
+        return [value for item in tree for value in _secret_values(item)]
+    return [tree]
+
+
+def test_push_drops_foreign_custom_pipelines_and_credentials_in_the_folders_json(hub, trained_dir, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(trained_dir, source)
+    _plant(source)
+
+    with pytest.warns(UserWarning, match="custom_pipelines"):
+        assert _push(hub, source, "tester/planted") == 0
+
+    pushed = hub.repo_files("tester/planted")
+    leaked = [(name, secret) for name, content in pushed.items() for secret in _secret_values(FOLDER_SECRETS)
+              if secret.encode() in content]
+    assert leaked == []
+    assert not any(b"evil" in content for content in pushed.values())
+    assert "custom_pipelines" not in json.loads(pushed["config.json"])
+    SmartCLIPModel.from_pretrained(source)  # the source folder is left as it was
+    assert "custom_pipelines" in json.loads((source / "config.json").read_text())
+
+
+def test_push_error_output_never_shows_a_password_in_the_endpoint(trained_dir, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    code = main([str(trained_dir), "tester/x", "--endpoint", f"http://alice:s3cretPassw0rd@127.0.0.1:{port}",
+                 "--timeout", "1"])
+    output = capsys.readouterr()
+    assert code == 1 and "smartclip-push:" in output.err
+    assert "s3cretPassw0rd" not in output.out + output.err
+
+
+def _lfs_hub(hub):
+    hub.lfs_suffixes = (".safetensors",)
+    return hub
+
+
+def test_weights_go_up_through_lfs_and_land_whole(hub, trained_dir):
+    _lfs_hub(hub)
+    assert _push(hub, trained_dir, "tester/lfs") == 0
+    assert any(method == "PUT" and path.startswith("/lfs-upload/") for method, path in hub.requests)
+    pushed = hub.repo_files("tester/lfs")
+    assert pushed["model.safetensors"] == (trained_dir / "model.safetensors").read_bytes()
+    assert set(pushed) == MODEL_FILES | {".gitattributes"}
+
+
+def _push_in_thread(hub, *args) -> tuple[int | None, float]:
+    """`_push` in a thread that the test does not wait on for more than two minutes: (exit code or None, seconds)."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(_push(hub, *args)), daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    thread.join(120)
+    return (result[0] if result else None), time.perf_counter() - start
+
+
+@pytest.mark.parametrize("fault", ["stall", "drop", "trickle"])
+def test_a_faulty_lfs_upload_ends_in_one_line_and_a_rerun_completes(hub, trained_dir, fault, capsys):
+    _lfs_hub(hub).upload_faults = [fault] * 8  # every retry meets it too
+    code, _ = _push_in_thread(hub, trained_dir, f"tester/lfs-{fault}", "--timeout", "2", "--deadline", "4")
+
+    assert code == 1, f"the push did not end (exit {code})"
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and TOKEN not in error
+    message = "smartclip-push: " + error.split("smartclip-push: ", 1)[1]  # after the upload's progress bar
+    assert message.startswith(f"smartclip-push: committing 12 files to tester/lfs-{fault}@main failed: uploading "
+                              "'model.safetensors': ")
+    assert "Nothing was half-published" in error
+    assert set(hub.repo_files(f"tester/lfs-{fault}")) == {".gitattributes"}
+
+    hub.upload_faults = []
+    assert _push(hub, trained_dir, f"tester/lfs-{fault}") == 0
+    assert set(hub.repo_files(f"tester/lfs-{fault}")) == MODEL_FILES | {".gitattributes"}

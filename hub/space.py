@@ -1,19 +1,28 @@
 """Writes a Hugging Face Space folder that serves the demo for a model repo: app code, requirements, card, gallery.
 
-The Space runs `demo/app.py` unchanged; it finds its model in `space_config.json` and its retrieval gallery in
-`gallery/` (the built-in test scenes as PNGs, with their captions). Nothing else goes in: no weights, no tokens.
+The Space runs the demo's `app.py` (`smartclip_demo.app`) unchanged; it finds its model in `space_config.json` and
+its retrieval gallery in `gallery/` (the built-in test scenes as PNGs, with their captions). Nothing else goes in: no
+weights, no tokens. The demo, and gradio with it, is imported only when a Space is written (the `demo` extra).
 """
 
 import json
 from importlib.metadata import version
 from pathlib import Path
+from types import ModuleType
 
 from huggingface_hub.utils import validate_repo_id
 
-from . import app
-
 REQUIREMENTS = ("torch", "transformers>=5,<6", "pillow", "numpy", "matplotlib")
 SPACE_GALLERY_SIZE = 32
+
+
+def demo_app() -> ModuleType:
+    """`smartclip_demo.app`, the file a Space runs; a ValueError naming the missing extra if it cannot be imported."""
+    try:
+        from smartclip_demo import app
+    except ImportError as error:
+        raise ValueError(f"A Space needs the demo (pip install 'smartclip[demo]'): {error}") from error
+    return app
 
 
 def space_readme(model_repo_id: str, gradio_version: str) -> str:
@@ -46,12 +55,13 @@ CVPR 2025). The model is loaded with `trust_remote_code=True`.
 - **Mask inspection**: captions (one per line) give a heatmap of their masks, the overlap between them and, for an
   uploaded image, the plain score next to the masked score.
 
-Set the `{app.MODEL_ENV_VAR}` variable in the Space settings to serve another SmartCLIP repo.
+Set the `{demo_app().MODEL_ENV_VAR}` variable in the Space settings to serve another SmartCLIP repo.
 """
 
 
 def write_gallery(folder: Path, size: int) -> list[Path]:
     """`size` built-in test scenes as PNGs plus their captions, one per line, in `captions.txt`."""
+    app = demo_app()
     scenes = app.builtin_gallery()
     if scenes is None:
         raise ValueError("The Space gallery needs the built-in scenes: install smartclip (smartclip_data).")
@@ -75,6 +85,7 @@ def write_space_folder(out_dir: str | Path, model_repo_id: str, gallery_size: in
     validate_repo_id(model_repo_id)  # raises HFValidationError (a ValueError) naming the bad id
     if gallery_size < 1:
         raise ValueError(f"gallery_size={gallery_size}; expected at least 1 image.")
+    app = demo_app()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gradio_version = version("gradio")
@@ -90,4 +101,4 @@ def write_space_folder(out_dir: str | Path, model_repo_id: str, gallery_size: in
     return sorted(path.relative_to(out_dir).as_posix() for path in written)
 
 
-__all__ = ["space_readme", "write_space_folder"]
+__all__ = ["demo_app", "space_readme", "write_space_folder"]
