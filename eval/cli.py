@@ -23,6 +23,7 @@ from smartclip_data.scenes import make_scenes
 from smartclip_data.sources import DataArguments, load_source
 
 from .evaluate import evaluate_model
+from .image_retrieval import image_retrieval_set_from_dataset, scene_image_retrieval_set
 from .sets import (
     OPENAI_IMAGENET_TEMPLATES,
     EvalSet,
@@ -35,6 +36,7 @@ from .sets import (
     retrieval_set_from_dataset,
     scene_eval_sets,
 )
+from .robust import ATTACKS, check_attack, parse_eps, robust_evaluation
 from .tables import format_table, save_results
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--caption_column", help="caption column(s), comma separated; strings or lists of strings")
     parser.add_argument("--label_column", help="ClassLabel column for zero-shot classification")
+    parser.add_argument("--i2i_label_column", help="integer class column: image-to-image retrieval (mAP, R@1)")
     parser.add_argument(
         "--templates",
         help="zero-shot prompt templates: a text file (one per line, '{}' for the class name) or a JSON list "
@@ -69,11 +72,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default="results.json")
+    parser.add_argument("--attack", choices=ATTACKS, help="also zero-shot top-1 under this l_inf attack (robust.py)")
+    parser.add_argument("--eps", default="2/255,4/255", help="--attack budgets in [0, 1] pixels, comma separated")
+    parser.add_argument("--attack_steps", type=int, default=10, help="--attack iterations")
     args = parser.parse_args(argv)
+    try:
+        args.eps = [parse_eps(eps) for eps in args.eps.split(",")]
+        for eps in args.eps if args.attack else ():
+            check_attack(eps, args.attack_steps, where=f"--attack {args.attack} --attack_steps")
+    except ValueError as error:
+        parser.error(str(error))
     if bool(args.coco_json) != bool(args.coco_images):
         parser.error("--coco_json and --coco_images go together.")
-    if args.dataset and not (args.caption_column or args.label_column):
-        parser.error("--dataset needs --caption_column (retrieval) and/or --label_column (zero-shot).")
+    if args.dataset and not (args.caption_column or args.label_column or args.i2i_label_column):
+        parser.error("--dataset needs --caption_column (retrieval), --label_column (zero-shot) and/or "
+                     "--i2i_label_column (image-to-image retrieval).")
     if (args.templates or args.classnames) and not (args.zeroshot_folder or args.label_column):
         parser.error("--templates and --classnames apply to --zeroshot_folder or --dataset --label_column.")
     if args.classnames and args.zeroshot_folder and args.label_column:
@@ -130,11 +143,14 @@ def eval_sets_from_args(args: argparse.Namespace) -> tuple[list[EvalSet], dict[s
                 split, args.image_column, args.label_column, f"{name}_zeroshot", templates, class_names
             )
             add(eval_set, f"{source}, {templates_source}")
+        if args.i2i_label_column:
+            add(image_retrieval_set_from_dataset(split, args.image_column, args.i2i_label_column, f"{name}_i2i"), source)
     if args.builtin or not sets:
         # The test split does not depend on the number of training scenes, so none is generated.
         scenes = make_scenes(num_train=0, num_test=args.num_test_scenes, seed=args.scenes_seed)["test"]
         source = f"built-in scenes, test split ({args.num_test_scenes} scenes, seed {args.scenes_seed})"
         scene_sets = scene_eval_sets(scenes)
+        scene_sets.append(scene_image_retrieval_set(scenes, images=scene_sets[0].images))  # images encoded once
         sets = scene_sets + sets
         sources = {eval_set.name: source for eval_set in scene_sets} | sources
     return sets, sources
@@ -156,6 +172,11 @@ def run(argv: Sequence[str] | None = None) -> dict:
     scorings = args.scorings.split(",") if args.scorings else None
     results = evaluate_model(model, processor, eval_sets, scorings, args.batch_size, progress=True)
     scorings = [scoring for scoring in SCORINGS if scoring in results]
+    if args.attack:  # beside each scoring's clean acc1: "<set>/acc1_<attack>_eps<k>"
+        robust = robust_evaluation(model, processor, eval_sets, scorings, args.attack, args.eps, args.attack_steps,
+                                   args.batch_size)
+        for scoring, metrics in robust.items():
+            results[scoring].update(metrics)
     results = {"model": describe_model(args.model), "scorings": scorings, "datasets": sources} | results
     save_results(results, args.output)
     print(format_table({Path(args.model).name or args.model: results}))

@@ -6,8 +6,9 @@ converted CLIP) as one: `[0, 1]` pixels -> the processor's normalisation -> imag
 class prompts' embeddings (plain or modular) -> logits. An `eps` of 4/255 therefore means 4 grey levels of the
 image a user sees, whatever the processor's mean and std.
 
-`robust_zeroshot` returns, per scoring, `{"<set>/acc1_clean": ..., "<set>/acc1_<attack>_eps<k>": ...}` with the budget
-in grey levels (`eps_name`: 4/255 is `eps4`), e.g. `"scenes_zeroshot/acc1_pgd_eps4"`.
+`robust_zeroshot` returns, per scoring, `{"<set>/acc1_<attack>_eps<k>": ...}` with the budget in grey levels
+(`eps_name`: 4/255 is `eps4`), e.g. `"scenes_zeroshot/acc1_pgd_eps4"`, beside the clean `"scenes_zeroshot/acc1"` of
+`evaluate_model`; `smartclip-eval --attack` merges them into its results under each scoring.
 `PixelNormalisation` and `parse_eps` are shared with the Sim-CLIP training attack (`smartclip_methods.simclip`).
 """
 
@@ -23,8 +24,11 @@ from modeling_smartclip import SmartCLIPModel
 from modeling_smartclip.configuration_smartclip import SCORINGS
 from modeling_smartclip.masking import similarity
 from modeling_smartclip.retrieval import EncodedTexts
+from smartclip_data.sources import load_image
 
+from .evaluate import _Encoder, class_prompts
 from .metrics import classification_metrics
+from .sets import ClassificationSet
 
 ATTACKS = ("pgd", "apgd")
 # PGD's step size as a multiple of eps / steps (Madry et al., arXiv 1706.06083: 2.5 eps / steps lets a start on
@@ -128,68 +132,78 @@ def make_attack(name: str, classifier: nn.Module, eps: float, steps: int):
     raise ValueError(f"--attack {name!r}; expected one of {ATTACKS}.")
 
 
-def attacked_accuracy(classifier: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, attack: str, eps: float,
-                      steps: int, batch_size: int = 64) -> tuple[float, torch.Tensor]:
-    """Top-1 accuracy of `classifier` on `pixels` `(n, 3, H, W)` in `[0, 1]` attacked by `attack` within `eps`, and
-    the `(n, 3, H, W)` adversarial pixels. torchattacks reseeds the global generator (APGD): it runs in a fork."""
+def attack_batch(classifier: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, attack: str, eps: float,
+                 steps: int) -> torch.Tensor:
+    """`(B, 3, H, W)` adversarial pixels of `pixels` (in `[0, 1]`) against `classifier` for the true `labels` `(B,)`.
+    torchattacks reseeds the global generator (APGD), so the attack runs in a fork of it, seeded with 0."""
     check_attack(eps, steps, where=f"--attack {attack}")
     devices = [pixels.device] if pixels.device.type == "cuda" else []
-    adversarial = []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), torch.enable_grad():
         torch.manual_seed(0)
-        for start in range(0, len(pixels), batch_size):
-            batch, target = pixels[start : start + batch_size], labels[start : start + batch_size]
-            adversarial.append(make_attack(attack, classifier, eps, steps)(batch, target).detach())
-    adversarial = torch.cat(adversarial)
-    with torch.no_grad():
-        logits = torch.cat([classifier(adversarial[s : s + batch_size]) for s in range(0, len(pixels), batch_size)])
-    return classification_metrics(logits.T, labels)["acc1"], adversarial
+        return make_attack(attack, classifier, eps, steps)(pixels, labels).detach()
 
 
 def robust_zeroshot(
     model: SmartCLIPModel,
-    normalisation: PixelNormalisation,
-    classes: EncodedTexts,
-    name: str,
-    pixels: torch.Tensor,
-    labels: torch.Tensor,
+    processor,
+    eval_set: ClassificationSet,
     scorings: Sequence[str],
     attack: str,
     eps: Sequence[float],
     steps: int,
     batch_size: int = 64,
 ) -> dict[str, dict[str, float]]:
-    """`{scoring: {"<name>/acc1_clean": ..., "<name>/acc1_<attack>_eps<k>": ...}}` for each scoring and budget.
+    """`{scoring: {"<set>/acc1_<attack>_eps<k>": top-1 under attack, ...}}` for each scoring and budget in `eps`.
 
-    Args:
-        classes: the class prompts' `(n_class, D)` embeddings and masks.
-        pixels: `(n_image, 3, H, W)` images in `[0, 1]`, at the model's input size.
-        labels: `(n_image,)` long class indices.
+    The images are read and processed one batch at a time (as `processor` does for the clean evaluation), mapped back
+    to `[0, 1]`, attacked through `ZeroShotClassifier` and scored with `classification_metrics`, the clean
+    evaluation's. An image that cannot be read is an error here (the clean evaluation skips it).
     """
     if attack not in ATTACKS:
         raise ValueError(f"--attack {attack!r}; expected one of {ATTACKS}.")
     for budget in eps:
         check_attack(budget, steps, where=f"--attack {attack}")
-    pixels, labels = pixels.to(model.device), labels.to(model.device)
+    normalisation = PixelNormalisation.from_processor(processor).to(model.device)
     was_training = model.training
     model.eval()
-    results = {}
     try:
-        for scoring in scorings:
-            classifier = ZeroShotClassifier(model, classes, normalisation, scoring).to(model.device)
-            with torch.no_grad():
-                logits = torch.cat([classifier(pixels[s : s + batch_size]) for s in range(0, len(pixels), batch_size)])
-            metrics = {f"{name}/acc1_clean": classification_metrics(logits.T, labels)["acc1"]}
-            for budget in eps:
-                accuracy, _ = attacked_accuracy(classifier, pixels, labels, attack, budget, steps, batch_size)
-                metrics[f"{name}/acc1_{attack}_{eps_name(budget)}"] = accuracy
-            results[scoring] = metrics
+        with torch.no_grad():
+            classes = class_prompts(_Encoder(model, processor, batch_size), eval_set)
+        classifiers = {s: ZeroShotClassifier(model, classes, normalisation, s).to(model.device) for s in scorings}
+        logits = {(scoring, budget): [] for scoring in scorings for budget in eps}
+        for start in range(0, len(eval_set.images), batch_size):
+            images = [load_image(value) for value in eval_set.images[start : start + batch_size]]
+            pixel_values = processor(images=images, return_tensors="pt")["pixel_values"].to(model.device)
+            pixels = normalisation.inverse(pixel_values.float()).clamp(0, 1)  # (B, 3, H, W)
+            labels = eval_set.labels[start : start + batch_size].to(model.device)
+            for (scoring, budget), chunks in logits.items():
+                adversarial = attack_batch(classifiers[scoring], pixels, labels, attack, budget, steps)
+                with torch.no_grad():
+                    chunks.append(classifiers[scoring](adversarial))  # (B, n_class)
     finally:
         model.train(was_training)
+    labels = eval_set.labels.to(model.device)
+    results: dict[str, dict[str, float]] = {scoring: {} for scoring in scorings}
+    for (scoring, budget), chunks in logits.items():
+        accuracy = classification_metrics(torch.cat(chunks).T, labels)["acc1"]
+        results[scoring][f"{eval_set.name}/acc1_{attack}_{eps_name(budget)}"] = accuracy
+    return results
+
+
+def robust_evaluation(model: SmartCLIPModel, processor, eval_sets: Sequence, scorings: Sequence[str], attack: str,
+                      eps: Sequence[float], steps: int, batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """`robust_zeroshot` of every zero-shot set among `eval_sets` (the others have no class to attack), merged per
+    scoring: the layout of `evaluate_model`'s results, which the command merges them into."""
+    results: dict[str, dict[str, float]] = {scoring: {} for scoring in scorings}
+    for eval_set in eval_sets:
+        if isinstance(eval_set, ClassificationSet):
+            for scoring, metrics in robust_zeroshot(model, processor, eval_set, scorings, attack, eps, steps,
+                                                    batch_size).items():
+                results[scoring].update(metrics)
     return results
 
 
 __all__ = [
-    "ATTACKS", "PixelNormalisation", "ZeroShotClassifier", "attacked_accuracy", "check_attack", "eps_name",
-    "make_attack", "parse_eps", "robust_zeroshot",
+    "ATTACKS", "PixelNormalisation", "ZeroShotClassifier", "attack_batch", "check_attack", "eps_name", "make_attack",
+    "parse_eps", "robust_evaluation", "robust_zeroshot",
 ]
