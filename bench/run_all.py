@@ -29,11 +29,13 @@ def arguments() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="benchmarks to run")
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where results.json and results.md go")
+    p.add_argument("--results", type=Path, help="replaced: the accuracy plots are now "
+                   "`python -m smartclip_experiments.accuracy --results FILE` (bench measures speed and memory only)")
     return p
 
 
 def forwarded(args: argparse.Namespace) -> list[str]:
-    """The command line the benchmark `name` would get if run alone."""
+    """The command line a benchmark gets here: what it would get if run alone with these flags."""
     argv = ["--threads", str(args.threads), "--device", args.device, "--warmup", str(args.warmup)]
     argv += ["--quick"] if args.quick else []
     argv += ["--repeats", str(args.repeats)] if args.repeats else []
@@ -41,7 +43,10 @@ def forwarded(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv=None) -> list[dict]:
-    args = arguments().parse_args(argv)
+    parser = arguments()
+    args = parser.parse_args(argv)
+    if args.results is not None:
+        parser.error("--results moved with the accuracy plots: python -m smartclip_experiments.accuracy --results FILE")
     fix_threads(args.threads)
     results_path = args.out_dir / "results.json"
     kept = {}  # a partial run keeps the other benchmarks' last results (of the same kind, quick or full)

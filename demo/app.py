@@ -501,7 +501,7 @@ class SmartCLIPDemo:
                 row += [round(float(v), 4) for v in values]
         summary = f"{len(captions)} caption(s), {masks.shape[1]} embedding dimensions."
         if image is None:
-            summary += " Upload an image to compare the plain and the masked (modular) score per caption."
+            summary += " Upload an image to compare the plain and the modular score per caption."
         overlap_table = {"headers": ["caption", *names], "data": overlap_rows}
         note = self.truncation_note(lengths)
         return heatmap, overlap_table, {"headers": headers, "data": rows}, " ".join(filter(None, [summary, note]))

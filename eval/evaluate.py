@@ -40,12 +40,11 @@ from modeling_smartclip.retrieval import EncodedTexts, ImageGallery, encode_gall
 from smartclip_data.sources import load_image
 
 from .mask_diagnostics import MaskDiagnosticsSet, diagnose
-from .metrics import classification_metrics, retrieval_metrics
+from .metrics import RECALL_KS, classification_metrics, retrieval_metrics
 from .sets import PLACEHOLDER, AtomicProbeSet, ClassificationSet, EvalSet, MaskStatsSet, RetrievalSet
 
 logger = logging.getLogger(__name__)
 
-RECALL_KS = (1, 5, 10)
 # Captions per block of the modular similarity: bounds its `(chunk, n_image)` temporaries on large galleries.
 CHUNK_SIZE = 1024
 _SHOWN_UNREADABLE = 3
@@ -271,4 +270,4 @@ def _evaluate(encoder: _Encoder, eval_sets: Iterable[EvalSet], scorings: tuple[s
     return results
 
 
-__all__ = ["RECALL_KS", "class_prompts", "default_scorings", "evaluate_model"]
+__all__ = ["class_prompts", "default_scorings", "evaluate_model"]

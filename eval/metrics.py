@@ -25,6 +25,8 @@ Every function is vectorised; all inputs may live on any device.
 import torch
 
 TIES = ("topk", "pessimistic")
+# The k of `image_retrieval_recall@k` / `text_retrieval_recall@k` that the evaluation and the trainer report.
+RECALL_KS = (1, 5, 10)
 
 
 def check_finite(scores: torch.Tensor) -> None:
@@ -93,7 +95,7 @@ def _one_hot(index: torch.Tensor, num_columns: int) -> torch.Tensor:
 
 
 def retrieval_metrics(
-    similarity: torch.Tensor, text_to_image: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10), ties: str = "topk"
+    similarity: torch.Tensor, text_to_image: torch.Tensor, ks: tuple[int, ...] = RECALL_KS, ties: str = "topk"
 ) -> dict[str, float]:
     """CLIP_benchmark's `image_retrieval_recall@k` and `text_retrieval_recall@k` for each k in `ks`.
 
@@ -178,4 +180,6 @@ def classification_metrics(similarity: torch.Tensor, labels: torch.Tensor, ties:
     }
 
 
-__all__ = ["TIES", "check_finite", "classification_metrics", "positive_ranks", "retrieval_metrics", "topk_hits"]
+__all__ = [
+    "RECALL_KS", "TIES", "check_finite", "classification_metrics", "positive_ranks", "retrieval_metrics", "topk_hits",
+]

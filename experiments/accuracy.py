@@ -32,7 +32,7 @@ BOOKKEEPING = {
     "step", "epoch", "learning_rate", "grad_norm", "total_flos", "train_runtime", "train_samples_per_second",
     "train_steps_per_second", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
 }
-HEADLINE = ("scenes_long/t2i_R@1", "scenes_zeroshot/acc1", "scenes_atomic/acc")
+HEADLINE = ("scenes_long/image_retrieval_recall@1", "scenes_zeroshot/acc1", "scenes_atomic/acc")
 
 
 def find_runs(results, name: str = "") -> dict[str, dict]:

@@ -32,9 +32,9 @@ from smartclip_train.train import parse_args
 METHODS = ("pairs only", "Set-CLIP")
 # The table's columns: (set/metric key of evaluate_model, header).
 COLUMNS = (
-    ("scenes_long/t2i_R@1", "long T2I R@1"),
-    ("scenes_long/i2t_R@1", "long I2T R@1"),
-    ("scenes_multi/t2i_R@1", "short T2I R@1"),
+    ("scenes_long/image_retrieval_recall@1", "long T2I R@1"),
+    ("scenes_long/text_retrieval_recall@1", "long I2T R@1"),
+    ("scenes_multi/image_retrieval_recall@1", "short T2I R@1"),
     ("scenes_zeroshot/acc1", "zero-shot acc"),
     ("scenes_atomic/acc", "atomic acc"),
     ("scenes_atomic/acc_held_out", "atomic held-out acc"),

@@ -13,10 +13,12 @@ def fake_compare_results(path: Path) -> Path:
         "settings": {"seed": 0},
         "scratch/smartclip": {
             "log_history": history([3.0, 2.0, 1.5]) + [{"step": 30, "eval_loss": 1.7}],
-            "plain": {"scenes_long/t2i_R@1": 0.1, "scenes_atomic/acc": 0.3},
-            "modular": {"scenes_long/t2i_R@1": 0.6, "scenes_atomic/acc": 0.7},
+            "plain": {"scenes_long/image_retrieval_recall@1": 0.1, "scenes_atomic/acc": 0.3},
+            "modular": {"scenes_long/image_retrieval_recall@1": 0.6, "scenes_atomic/acc": 0.7},
         },
-        "scratch/clip": {"log_history": history([3.1, 2.6, 2.2]), "plain": {"scenes_long/t2i_R@1": 0.2}},
+        "scratch/clip": {
+            "log_history": history([3.1, 2.6, 2.2]), "plain": {"scenes_long/image_retrieval_recall@1": 0.2},
+        },
     }
     path.write_text(json.dumps(results))
     return path
@@ -31,10 +33,10 @@ def test_plots_read_both_runs_log_histories(tmp_path):
     assert plots["loss vs training step"]["final"] == {"scratch/smartclip": [30, 1.5], "scratch/clip": [30, 2.2]}
     assert plots["test metrics at the last step"]["table"] == {
         "scratch/smartclip": {
-            "steps": 30, "plain/scenes_long/t2i_R@1": 0.1, "plain/scenes_atomic/acc": 0.3,
-            "modular/scenes_long/t2i_R@1": 0.6, "modular/scenes_atomic/acc": 0.7,
+            "steps": 30, "plain/scenes_long/image_retrieval_recall@1": 0.1, "plain/scenes_atomic/acc": 0.3,
+            "modular/scenes_long/image_retrieval_recall@1": 0.6, "modular/scenes_atomic/acc": 0.7,
         },
-        "scratch/clip": {"steps": 30, "plain/scenes_long/t2i_R@1": 0.2},
+        "scratch/clip": {"steps": 30, "plain/scenes_long/image_retrieval_recall@1": 0.2},
     }
     assert all(Path(row["plot"]).read_bytes()[:4] == b"\x89PNG" for row in plots.values())
 

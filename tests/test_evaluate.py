@@ -275,7 +275,7 @@ def test_builtin_evaluation_generates_no_training_scenes(monkeypatch, clip_dir):
         calls.append(kwargs)
         return make_scenes(**kwargs)
 
-    monkeypatch.setattr(evaluate, "make_scenes", recording_make_scenes)
+    monkeypatch.setattr("smartclip_eval.cli.make_scenes", recording_make_scenes)
     eval_sets, sources = eval_sets_from_args(parse_args(["--model", str(clip_dir), "--num_test_scenes", "3"]))
     assert calls == [{"num_train": 0, "num_test": 3, "seed": 0}]
     assert len(eval_sets[0].images) == 3 and set(sources) == {s.name for s in eval_sets}

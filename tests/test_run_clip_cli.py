@@ -68,16 +68,17 @@ def test_run_clip_command_line_trains_evaluates_and_leaves_a_hub_ready_folder(tm
 
     metrics = json.loads((output_dir / "eval_results.json").read_text())  # --do_eval: the validation file
     assert metrics["eval_loss"] > 0 and metrics["eval_samples_per_second"] > 0
-    for name in ("eval_t2i_R@1", "eval_t2i_R@5", "eval_i2t_R@10", "eval_t2i_R@1_plain"):
+    for name in ("eval_image_retrieval_recall@1", "eval_image_retrieval_recall@5", "eval_text_retrieval_recall@10",
+                 "eval_image_retrieval_recall@1_plain"):
         assert 0.0 <= metrics[name] <= 1.0, name
-    assert metrics["eval_i2t_R@10"] == 1.0  # 4 validation pairs: every right caption is in the top 10
+    assert metrics["eval_text_retrieval_recall@10"] == 1.0  # 4 validation pairs: every right caption is in the top 10
 
     record = json.loads((output_dir / "training_args.json").read_text())
     assert record["data"]["caption_column"] == "caption" and record["data"]["max_seq_length"] == 16
     assert record["model"]["freeze_vision_model"] is True and "token" not in record["model"]
     assert "hub_token" not in record["training"] and record["training"]["learning_rate"] == 5e-3
     card = (output_dir / "README.md").read_text()
-    assert "0.005" in card and "| `t2i_R@1` |" in card  # the run's arguments and its evaluation
+    assert "0.005" in card and "| `image_retrieval_recall@1` |" in card  # the run's arguments and its evaluation
     leaked = [path.name for path in output_dir.rglob("*") if path.is_file() and TOKEN.encode() in path.read_bytes()]
     assert leaked == []
     assert json.loads((output_dir / "tokenizer_config.json").read_text())["model_max_length"] == 248  # not 16
@@ -88,7 +89,8 @@ def test_do_eval_alone_evaluates_the_starting_model(tmp_path, clip_dir, data_fil
     main(["--model_name_or_path", str(clip_dir), "--validation_file", str(data_files[1]), "--do_eval",
           "--output_dir", str(output_dir), "--per_device_eval_batch_size", "2", "--use_cpu", "--report_to", "none"])
     metrics = json.loads((output_dir / "eval_results.json").read_text())
-    assert "eval_t2i_R@1" in metrics and "eval_t2i_R@1_plain" not in metrics  # a CLIP checkpoint scores plainly
+    # a CLIP checkpoint scores plainly
+    assert "eval_image_retrieval_recall@1" in metrics and "eval_image_retrieval_recall@1_plain" not in metrics
     assert not (output_dir / "model.safetensors").exists() and not (output_dir / "train_results.json").exists()
 
 
@@ -102,19 +104,20 @@ def test_best_model_at_end_is_picked_by_text_to_image_recall(tmp_path):
         ModelArguments(**TINY_MODEL), DataArguments(eval_split="test", **TINY_DATA),
         arguments(tmp_path, max_steps=3, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
                   per_device_eval_batch_size=2, learning_rate=3e-2, load_best_model_at_end=True,
-                  metric_for_best_model="eval_t2i_R@1"),
+                  metric_for_best_model="eval_image_retrieval_recall@1"),
     )
-    evaluations = [log for log in result["log_history"] if "eval_t2i_R@1" in log]
+    evaluations = [log for log in result["log_history"] if "eval_image_retrieval_recall@1" in log]
     assert [log["step"] for log in evaluations] == [1, 2, 3, 3]  # each --eval_steps, then the final evaluation
-    assert all({"eval_i2t_R@5", "eval_t2i_R@1_plain"} <= log.keys() for log in evaluations)
-    recalls = [log["eval_t2i_R@1"] for log in evaluations[:3]]
+    logged = {"eval_text_retrieval_recall@5", "eval_image_retrieval_recall@1_plain"}
+    assert all(logged <= log.keys() for log in evaluations)
+    recalls = [log["eval_image_retrieval_recall@1"] for log in evaluations[:3]]
     best_step = 1 + recalls.index(max(recalls))
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     assert state["best_metric"] == max(recalls)
     assert state["best_model_checkpoint"] == str(tmp_path / f"checkpoint-{best_step}")
     best, final = load_file(tmp_path / f"checkpoint-{best_step}" / "model.safetensors"), load_file(tmp_path / "model.safetensors")
     assert all(torch.equal(best[name], final[name]) for name in best)
-    assert result["eval"]["eval_t2i_R@1"] == max(recalls)
+    assert result["eval"]["eval_image_retrieval_recall@1"] == max(recalls)
 
 
 def test_recall_counts_every_caption_of_an_image_listed_twice():
@@ -125,7 +128,7 @@ def test_recall_counts_every_caption_of_an_image_listed_twice():
     texts = torch.eye(4)[[0, 0, 1, 3]]  # caption 3 points nowhere near its image
     metrics = recall_metrics(texts, images, None, keys, "plain")
     # Caption 1's best-scoring image is row 0, the same picture: a hit, not a miss.
-    assert metrics["t2i_R@1"] == 0.75 and metrics["i2t_R@1"] == 0.75
+    assert metrics["image_retrieval_recall@1"] == 0.75 and metrics["text_retrieval_recall@1"] == 0.75
 
 
 def test_max_seq_length_truncates_the_collator_captions_only():

@@ -10,6 +10,7 @@ from PIL import Image as PILImage
 from torch.utils.data import DataLoader
 
 from modeling_smartclip import SmartCLIPModel, masked_similarity
+from modeling_smartclip.configuration_smartclip import LAMBDA_SPARSITY
 from smartclip_train.collator import CaptionCollator
 from smartclip_train.objectives import TrainingLoss
 from smartclip_methods.setclip.pairing import PairedUnpairedDataset, SetCLIPCollator, SimCLRAugment
@@ -317,7 +318,7 @@ def test_setclip_loss_trains_both_towers(clip_dir, scene_batch, base):
     assert logs["paired_share"] == pytest.approx(2 / 6)
     weights = {"clip": 1.0, "sdd": 0.7, "mmd": 0.2, "image_ssl": 0.15, "text_ssl": 0.15}
     if base == "smartclip":
-        weights["sparsity"] = 0.01
+        weights["sparsity"] = LAMBDA_SPARSITY  # the config's default, as the modular loss has it
     assert logs.keys() - {"paired_share"} == weights.keys()
     assert loss.item() == pytest.approx(sum(w * logs[name] for name, w in weights.items()), rel=1e-5)
     # the supervised term scores with the plain cosine or with caption b's mask on every image

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,7 +38,7 @@ from smartclip_hub.card import write_model_card
 from .collator import CaptionCollator, CaptionEpochCallback
 from .objectives import OBJECTIVES, TrainingLoss
 from .run_folder import RunLock, check_output_dir, resolve_checkpoint
-from .trainer import SmartCLIPTrainer
+from .trainer import SmartCLIPTrainer, recall_by_scoring
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class ModelArguments:
                   "control: random masks of --random_mask_density), paired_mask (the paper's 'w.o. Modular' "
                   "ablation: each image masked by its own caption's mask), longclip.", "choices": list(OBJECTIVES)},
     )
-    lambda_align: float | None = field(default=None, metadata={"help": "Weight of the masked contrastive term."})
+    lambda_align: float | None = field(default=None, metadata={"help": "Weight of the modular contrastive term."})
     lambda_sparsity: float | None = field(
         default=None,
         metadata={"help": "Weight of the sparsity term, in the paper's units (Eq. 8-9: per caption the L1 norm of its "
@@ -254,16 +253,6 @@ def write_run_record(output_dir: str, model_args: ModelArguments, data_args: Dat
     Path(output_dir, "training_args.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def recall_results(eval_metrics: dict[str, float], scoring: str) -> dict[str, dict[str, float]] | None:
-    """The evaluation's recall as `{scoring: {"t2i_R@1": ...}}`, the layout the model card reads; None if none."""
-    results = {}
-    for name, value in eval_metrics.items():
-        match = re.fullmatch(r"eval_((?:t2i|i2t)_R@\d+)(?:_(plain))?", name)
-        if match:
-            results.setdefault(match.group(2) or scoring, {})[match.group(1)] = value
-    return results or None
-
-
 def run_training(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -380,7 +369,7 @@ def run_training(
             trainer.save_metrics("eval", eval_metrics)
         if train_dataset is not None and trainer.is_world_process_zero():
             write_run_record(output_dir, model_args, data_args, training_args)
-            write_model_card(output_dir, recall_results(eval_metrics, trainer.model.config.scoring))
+            write_model_card(output_dir, recall_by_scoring(eval_metrics, trainer.model.config.scoring))
         evaluation = {}
         if eval_fn is not None and trainer.is_world_process_zero():
             evaluation = eval_fn(trainer.model.eval(), processor)

@@ -13,14 +13,15 @@ from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modeling_smartclip.masking import similarity
-from smartclip_eval.metrics import retrieval_metrics
+from smartclip_eval.metrics import RECALL_KS, retrieval_metrics
 
 from .collator import CaptionCollator
 from .objectives import TrainingLoss
 from .run_folder import STAGING_NAME, TRAINER_STATE_NAME, publish
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")  # the rest of a batch is for the objective
-RECALL_AT = (1, 5, 10)
+# The recall under plain scoring, logged beside the model's modular scoring: `eval_image_retrieval_recall@1_plain`.
+PLAIN_SUFFIX = "_plain"
 
 
 def image_keys(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -33,7 +34,8 @@ def image_keys(pixel_values: torch.Tensor) -> torch.Tensor:
 
 def recall_metrics(text_embeds: torch.Tensor, image_embeds: torch.Tensor, text_masks: torch.Tensor | None,
                    keys: torch.Tensor, scoring: str) -> dict[str, float]:
-    """`{"t2i_R@k", "i2t_R@k"}` for k in `RECALL_AT` of evaluation pairs, scored as `scoring`.
+    """CLIP_benchmark's `{"image_retrieval_recall@k", "text_retrieval_recall@k"}` for k in `RECALL_KS` of the
+    evaluation pairs, scored as `scoring` (the names `smartclip-eval` prints).
 
     Args:
         text_embeds, image_embeds: `(N, D)` features of the N evaluation pairs (caption i goes with image i).
@@ -42,19 +44,32 @@ def recall_metrics(text_embeds: torch.Tensor, image_embeds: torch.Tensor, text_m
     """
     scores = similarity(F.normalize(text_embeds.float(), dim=-1), F.normalize(image_embeds.float(), dim=-1),
                         None if text_masks is None else text_masks.float(), scoring, chunk_size=1024)  # (N, N)
-    recall = retrieval_metrics(scores, keys[:, None] == keys[None, :], ks=RECALL_AT)
-    return {f"t2i_R@{k}": recall[f"image_retrieval_recall@{k}"] for k in RECALL_AT} | {
-        f"i2t_R@{k}": recall[f"text_retrieval_recall@{k}"] for k in RECALL_AT
-    }
+    return retrieval_metrics(scores, keys[:, None] == keys[None, :], ks=RECALL_KS)
+
+
+def recall_by_scoring(eval_metrics: dict[str, float], scoring: str) -> dict[str, dict[str, float]] | None:
+    """The recall among the Trainer's `eval_*` metrics as `{scoring: {"image_retrieval_recall@1": ...}}` (the model's
+    scoring, and `"plain"` for the `PLAIN_SUFFIX` ones), the layout `smartclip-eval` and the model card use; None if
+    the evaluation logged no recall."""
+    results = {}
+    for direction in ("image", "text"):
+        for k in RECALL_KS:
+            name = f"{direction}_retrieval_recall@{k}"
+            for key, key_scoring in ((f"eval_{name}", scoring), (f"eval_{name}{PLAIN_SUFFIX}", "plain")):
+                if key in eval_metrics:
+                    results.setdefault(key_scoring, {})[name] = eval_metrics[key]
+    return results or None
 
 
 class SmartCLIPTrainer(Trainer):
     """A `Trainer` whose loss is a `TrainingLoss` plug-in on the global batch, with a learning rate of its own for
     the mask head.
 
-    Evaluation reports, beside `eval_loss`, text-to-image and image-to-text recall on the evaluation pairs
-    (`eval_t2i_R@1`, `eval_i2t_R@5`, ...) under the model's `config.scoring` (and, when that is modular, under plain
-    scoring too, as `eval_t2i_R@1_plain`), so `--metric_for_best_model eval_t2i_R@1` works; `--prediction_loss_only`
+    Evaluation reports, beside `eval_loss`, text-to-image and image-to-text recall on the evaluation pairs, under
+    CLIP_benchmark's names as `smartclip-eval` prints them (`eval_image_retrieval_recall@1`,
+    `eval_text_retrieval_recall@5`, ...), under the model's `config.scoring` (and, when that is modular, under plain
+    scoring too, as `eval_image_retrieval_recall@1_plain`), so `--metric_for_best_model
+    eval_image_retrieval_recall@1` works; `--prediction_loss_only`
     turns it off. `save_model` writes to a staging folder and then moves the files in (`run_folder.publish`).
 
     Args:
@@ -123,7 +138,7 @@ class SmartCLIPTrainer(Trainer):
         metrics = recall_metrics(text_embeds, image_embeds, masks[0] if masks else None, keys, scoring)
         if scoring != "plain":  # how much the masks add, in the same log
             plain = recall_metrics(text_embeds, image_embeds, None, keys, "plain")
-            metrics |= {f"{name}_plain": value for name, value in plain.items()}
+            metrics |= {f"{name}{PLAIN_SUFFIX}": value for name, value in plain.items()}
         return metrics
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -181,4 +196,4 @@ class SmartCLIPTrainer(Trainer):
         return self.optimizer
 
 
-__all__ = ["MODEL_INPUTS", "SmartCLIPTrainer"]
+__all__ = ["MODEL_INPUTS", "PLAIN_SUFFIX", "SmartCLIPTrainer", "recall_by_scoring"]

@@ -75,8 +75,8 @@ class SelectArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the random batchings."})
     scoring: str = field(
         default="plain",
-        metadata={"help": "negCLIPLoss similarity: plain (CLIP's cosine) or modular (a trained SmartCLIP head's "
-                  "masked cosine).", "choices": SCORINGS},
+        metadata={"help": "negCLIPLoss similarity: plain (CLIP's cosine) or modular (cos(image * mask(caption), "
+                  "caption) with a trained SmartCLIP head).", "choices": SCORINGS},
     )
     fraction: float = field(default=0.3, metadata={"help": "Share of the usable pairs kept by negCLIPLoss."})
     fraction_normsim: float | None = field(

@@ -22,6 +22,8 @@ from torch import nn
 from transformers.models.clip.modeling_clip import CLIPAttention
 
 from modeling_smartclip import SmartCLIPOutput, masked_similarity
+from modeling_smartclip.configuration_smartclip import LAMBDA_SPARSITY
+from modeling_smartclip.losses import sparsity_penalty
 
 from smartclip_train.distributed import gather_features
 from smartclip_train.objectives import TrainingLoss
@@ -231,8 +233,8 @@ class SetCLIPLoss(TrainingLoss):
     Defaults are the released ResNet setting (1.0, 0.7, 0.2, 0.15, 0.15; temperatures 0.05, h = 0.5, MMD
     bandwidth 1.0). `base` picks the supervised term on the pairs: `"clip"` scores with the plain cosine,
     `"smartclip"` with `masked_similarity` (caption b's mask applied to every image), both divided by the fixed
-    `temperature`; `"smartclip"` also adds `lambda_sparsity * mean(text_mask_probs)` as the modular loss does, and
-    trains the mask head. SDD and MMD compare all B plain embeddings. The self-supervised terms run extra passes
+    `temperature`; `"smartclip"` also adds `lambda_sparsity * sparsity_penalty(text_mask_probs)` as the modular
+    loss does, and trains the mask head. SDD and MMD compare all B plain embeddings. The self-supervised terms run extra passes
     (a zero weight skips them): the image tower on `batch["pixel_values_aug"]` (SimCLR views built by the data
     step) and the text tower on the same captions with attention dropout `text_dropout` (SimCSE); the first view
     of each is the forward pass's own embedding. They run in training mode only: in eval mode dropout is off, so the
@@ -256,7 +258,7 @@ class SetCLIPLoss(TrainingLoss):
         kde_bandwidth: float = 0.5,
         mmd_bandwidths: Sequence[float] = (1.0,),
         text_dropout: float | None = 0.1,
-        lambda_sparsity: float = 0.01,
+        lambda_sparsity: float = LAMBDA_SPARSITY,
     ):
         if base not in ("clip", "smartclip"):
             raise ValueError(f"SetCLIPLoss: base={base!r}; expected 'clip' or 'smartclip'.")
@@ -310,7 +312,7 @@ class SetCLIPLoss(TrainingLoss):
 
         if self.base == "smartclip":
             masks, probs = gather_features(outputs.text_masks, outputs.text_mask_probs)
-            terms["sparsity"] = (self.lambda_sparsity, probs.mean())
+            terms["sparsity"] = (self.lambda_sparsity, sparsity_penalty(probs))
         if w["clip"] > 0 and self.base == "clip":
             terms["clip"] = (w["clip"], supervised_contrastive(x, y, paired_mask, self.temperature))
         elif w["clip"] > 0:

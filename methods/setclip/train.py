@@ -9,6 +9,8 @@ nothing of Set-CLIP: this script hands `run_training` the objective and a data s
 
 from dataclasses import dataclass, field
 
+from modeling_smartclip.configuration_smartclip import LAMBDA_SPARSITY
+from smartclip_train.cli import user_errors
 from smartclip_train.collator import CaptionCollator
 from smartclip_train.train import parse_args, run_training, set_up_logging
 
@@ -26,7 +28,7 @@ class SetCLIPArguments:
     setclip_base: str = field(
         default="clip",
         metadata={
-            "help": "Supervised term on the pairs: 'clip' (plain cosine) or 'smartclip' (masked similarity).",
+            "help": "Supervised term on the pairs: 'clip' (plain cosine) or 'smartclip' (modular scoring).",
             "choices": ["clip", "smartclip"],
         },
     )
@@ -93,7 +95,7 @@ def run_setclip_training(model_args, data_args, training_args, setclip_args: Set
         )
         return paired, SetCLIPCollator(collator)
 
-    lambda_sparsity = 0.01 if model_args.lambda_sparsity is None else model_args.lambda_sparsity
+    lambda_sparsity = LAMBDA_SPARSITY if model_args.lambda_sparsity is None else model_args.lambda_sparsity
     objective = setclip_args.objective(lambda_sparsity)
     return run_training(model_args, data_args, training_args, objective=objective, data_step=data_step, **kwargs)
 
