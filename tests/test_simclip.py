@@ -4,11 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 from smartclip_data.scenes import make_scenes
 from smartclip_eval.robust import PixelNormalisation
 from smartclip_methods.simclip.attack import pgd_embedding_attack
+from smartclip_methods.simclip.export import export_vision_encoder
 from smartclip_methods.simclip.objective import ImageEncoder, SimCLIPLoss
 from smartclip_methods.simclip.train import main
 from smartclip_train.collator import CaptionCollator
@@ -191,3 +193,23 @@ def test_bad_flags_are_one_line_errors_with_exit_status_2(tmp_path, clip_dir, fl
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("smartclip-train-simclip: error:") and message in lines[0], lines
     assert not (tmp_path / "run").exists()
+
+
+# ----- export -------------------------------------------------------------------------------------------------------
+
+
+def test_exported_vision_encoder_loads_in_transformers_and_gives_the_same_embeddings(tmp_path, clip_dir, batch):
+    model = tiny_model(clip_dir)
+    nudge(model)  # a fine-tuned tower, not the CLIP it came from
+    model.save_pretrained(tmp_path / "robust")
+    SmartCLIPProcessor.from_pretrained(clip_dir).save_pretrained(tmp_path / "robust")
+    files = export_vision_encoder(tmp_path / "robust", tmp_path / "vision")
+    assert "model.safetensors" in files and "preprocessor_config.json" in files
+    encoder = CLIPVisionModelWithProjection.from_pretrained(tmp_path / "vision")
+    image_processor = CLIPImageProcessor.from_pretrained(tmp_path / "vision")
+    images = list(make_scenes(num_train=3, num_test=1, seed=2)["train"]["image"])
+    pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = model.eval().get_image_features(pixel_values).pooler_output
+        got = encoder(pixel_values=pixel_values).image_embeds
+    torch.testing.assert_close(got, expected)
