@@ -23,6 +23,7 @@ from smartclip_data.scenes import make_scenes
 from smartclip_data.sources import DataArguments, load_source
 
 from .evaluate import evaluate_model
+from .image_retrieval import image_retrieval_set_from_dataset, scene_image_retrieval_set
 from .sets import (
     OPENAI_IMAGENET_TEMPLATES,
     EvalSet,
@@ -56,6 +57,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--caption_column", help="caption column(s), comma separated; strings or lists of strings")
     parser.add_argument("--label_column", help="ClassLabel column for zero-shot classification")
+    parser.add_argument("--i2i_label_column", help="integer class column: image-to-image retrieval (mAP, R@1)")
     parser.add_argument(
         "--templates",
         help="zero-shot prompt templates: a text file (one per line, '{}' for the class name) or a JSON list "
@@ -82,8 +84,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(str(error))
     if bool(args.coco_json) != bool(args.coco_images):
         parser.error("--coco_json and --coco_images go together.")
-    if args.dataset and not (args.caption_column or args.label_column):
-        parser.error("--dataset needs --caption_column (retrieval) and/or --label_column (zero-shot).")
+    if args.dataset and not (args.caption_column or args.label_column or args.i2i_label_column):
+        parser.error("--dataset needs --caption_column (retrieval), --label_column (zero-shot) and/or "
+                     "--i2i_label_column (image-to-image retrieval).")
     if (args.templates or args.classnames) and not (args.zeroshot_folder or args.label_column):
         parser.error("--templates and --classnames apply to --zeroshot_folder or --dataset --label_column.")
     if args.classnames and args.zeroshot_folder and args.label_column:
@@ -140,11 +143,15 @@ def eval_sets_from_args(args: argparse.Namespace) -> tuple[list[EvalSet], dict[s
                 split, args.image_column, args.label_column, f"{name}_zeroshot", templates, class_names
             )
             add(eval_set, f"{source}, {templates_source}")
+        if args.i2i_label_column:
+            eval_set = image_retrieval_set_from_dataset(split, args.image_column, args.i2i_label_column, f"{name}_i2i")
+            add(eval_set, source)
     if args.builtin or not sets:
         # The test split does not depend on the number of training scenes, so none is generated.
         scenes = make_scenes(num_train=0, num_test=args.num_test_scenes, seed=args.scenes_seed)["test"]
         source = f"built-in scenes, test split ({args.num_test_scenes} scenes, seed {args.scenes_seed})"
         scene_sets = scene_eval_sets(scenes)
+        scene_sets.append(scene_image_retrieval_set(scenes, images=scene_sets[0].images))  # images encoded once
         sets = scene_sets + sets
         sources = {eval_set.name: source for eval_set in scene_sets} | sources
     return sets, sources

@@ -39,6 +39,7 @@ from modeling_smartclip.masking import similarity
 from modeling_smartclip.retrieval import EncodedTexts, ImageGallery, encode_gallery, encode_texts
 from smartclip_data.sources import load_image
 
+from .image_retrieval import ImageRetrievalSet, evaluate_image_retrieval
 from .mask_diagnostics import MaskDiagnosticsSet, diagnose
 from .metrics import RECALL_KS, classification_metrics, retrieval_metrics
 from .sets import PLACEHOLDER, AtomicProbeSet, ClassificationSet, EvalSet, MaskStatsSet, RetrievalSet
@@ -260,7 +261,8 @@ def _evaluate(encoder: _Encoder, eval_sets: Iterable[EvalSet], scorings: tuple[s
             stats = diagnose(encoder.images(eval_set.images, eval_set.name)[0].image_embeds, masks_of, eval_set)
             results.setdefault("mask_diagnostics", {}).update({f"{eval_set.name}/{k}": v for k, v in stats.items()})
             continue
-        task = {RetrievalSet: _retrieval, ClassificationSet: _zeroshot, AtomicProbeSet: _atomic}.get(type(eval_set))
+        task = {RetrievalSet: _retrieval, ClassificationSet: _zeroshot, AtomicProbeSet: _atomic,
+                ImageRetrievalSet: evaluate_image_retrieval}.get(type(eval_set))
         if task is None:
             raise ValueError(f"cannot evaluate a {type(eval_set).__name__}; expected one of the sets in eval.sets.")
         for scoring in scorings:

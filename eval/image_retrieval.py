@@ -6,15 +6,21 @@ Ties: a gallery image scoring exactly as high as a relevant one is ranked before
 collapse to one point scores the chance level, not a perfect R@1. A query whose class has no other image has
 nothing to find: it is left out of both means and counted (`queries` is the number that count).
 
-The built-in scenes' classes (`scene_class`) are the ones MCIP's class loss trains on (`methods/mcip/`).
+The built-in scenes' classes (`scene_class`) are the ones MCIP's class loss trains on (`methods/mcip/`). In
+`evaluate_model`'s results the set's metrics sit under every scoring (`"{set}/mAP"`, `"{set}/R@1"`, beside the
+text-to-image ones): they read image embeddings only, so they are the same under each.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 
 from smartclip_data.scenes import COLOURS, SHAPES, SLOTS
+
+from .sets import _undecoded
 
 # (shape, colour) pairs in the order of the class index within a slot.
 SCENE_PAIRS = [(shape, colour) for shape in SHAPES for colour in COLOURS]
@@ -69,4 +75,47 @@ def image_retrieval_metrics(image_embeds: torch.Tensor, labels: torch.Tensor, ch
     return {"mAP": ap_sum / queries, "R@1": hits / queries, "queries": queries}
 
 
-__all__ = ["SCENE_CLASSES", "SCENE_PAIRS", "image_retrieval_metrics", "scene_class"]
+@dataclass
+class ImageRetrievalSet:
+    """A labelled gallery: `images` (anything `load_image` reads) and `labels` `(n_image,)` long, one class each."""
+
+    name: str
+    images: Sequence
+    labels: torch.Tensor
+
+    def counts(self) -> dict[str, int]:
+        return {"images": len(self.images), "classes": len(self.labels.unique())}
+
+
+def scene_image_retrieval_set(test_split: Dataset, name: str = "scenes_i2i", images: Sequence | None = None):
+    """The scenes' gallery with `scene_class` labels; `images` may pass the split's image column already in use
+    by other sets, so it is encoded once."""
+    labels = torch.tensor([scene_class(objects) for objects in test_split["objects"]])
+    return ImageRetrievalSet(name, test_split["image"] if images is None else images, labels)
+
+
+def image_retrieval_set_from_dataset(dataset: Dataset, image_column: str, label_column: str, name: str):
+    """A gallery from a `datasets` split with integer (or `ClassLabel`) labels in `label_column`."""
+    for column in (image_column, label_column):
+        if column not in dataset.column_names:
+            raise ValueError(f"column {column!r} is not in the dataset; its columns are {dataset.column_names}.")
+    labels = list(dataset[label_column])
+    if not all(isinstance(label, int) and not isinstance(label, bool) for label in labels):
+        raise ValueError(f"label column {label_column!r} holds {dataset.features[label_column]}, not integer class "
+                         f"labels; its columns are {dataset.column_names}.")
+    return ImageRetrievalSet(name, _undecoded(dataset, image_column), torch.tensor(labels, dtype=torch.long))
+
+
+def evaluate_image_retrieval(encoder, eval_set: ImageRetrievalSet, scoring: str) -> tuple[dict, dict]:
+    """`(metrics, counts)` of `eval_set` as `evaluate.py` calls a task: `encoder.images` gives the gallery and which
+    images were readable (an unreadable one is left out). `scoring` is not used: only images are compared."""
+    gallery, readable = encoder.images(eval_set.images, eval_set.name)
+    metrics = image_retrieval_metrics(gallery.image_embeds, eval_set.labels[readable].to(gallery.image_embeds.device))
+    queries = metrics.pop("queries")
+    return metrics, {"images": int(readable.sum()), "queries": queries, "unreadable_images": int((~readable).sum())}
+
+
+__all__ = [
+    "ImageRetrievalSet", "SCENE_CLASSES", "SCENE_PAIRS", "evaluate_image_retrieval", "image_retrieval_metrics",
+    "image_retrieval_set_from_dataset", "scene_class", "scene_image_retrieval_set",
+]

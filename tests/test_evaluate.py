@@ -231,7 +231,7 @@ def test_cli_writes_json_for_clip_and_smartclip_folders(tmp_path, clip_dir, mode
     assert main(["--model", str(clip_dir), *sizes, "--output", str(tmp_path / "clip.json")]) is None
     clip_results = json.loads((tmp_path / "clip.json").read_text())
     assert set(clip_results) == {"model", "scorings", "datasets", "plain", "mask_diagnostics", "counts"}  # plainly
-    assert set(clip_results["plain"]) == EXPECTED_KEYS
+    assert set(clip_results["plain"]) == EXPECTED_KEYS | {"scenes_i2i/mAP", "scenes_i2i/R@1"}  # the CLI adds I2I
     captured = capsys.readouterr()
     assert "| metric | " in captured.out
     assert "scenes_long images" in captured.err and "captions" in captured.err  # progress bars while encoding

@@ -1,6 +1,7 @@
-"""MCIP plug-in: its two ArcMargin losses, what each stage trains, two ranks against one process, the label column's
-errors, and image-to-image mAP / R@1 by hand (two ranks: `test_mcip_distributed.py`)."""
+"""MCIP plug-in: its two ArcMargin losses, what each stage trains, the label column's errors, and image-to-image
+mAP / R@1 by hand and in `smartclip-eval` (two ranks against one process: `test_mcip_distributed.py`)."""
 
+import io
 import math
 
 import pytest
@@ -11,8 +12,10 @@ from PIL import Image as PILImage
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from modeling_smartclip.loading import load_model_and_processor
 from smartclip_data.scenes import make_scenes
-from smartclip_eval.image_retrieval import image_retrieval_metrics, scene_class
+from smartclip_eval.cli import run
+from smartclip_eval.image_retrieval import image_retrieval_metrics, image_retrieval_set_from_dataset, scene_class
 from smartclip_methods.mcip.batches import MCIPCollator
 from smartclip_methods.mcip.losses import ArcMargin, multi_caption_arc_margin
 from smartclip_methods.mcip.train import MCIPArguments, main, run_mcip_training
@@ -209,3 +212,21 @@ def test_map_and_r1_by_hand_with_ties():
     # A collapsed model scores chance, not perfection: every image ranks all three irrelevant ones first.
     metrics = image_retrieval_metrics(torch.ones(5, 3), torch.tensor([0, 0, 1, 1, 2]))
     assert metrics == {"mAP": pytest.approx(1 / 4), "R@1": 0.0, "queries": 4}
+
+
+def test_smartclip_eval_reports_image_to_image_retrieval_of_a_labelled_dataset(labelled_folder, clip_dir, tmp_path):
+    results = run(["--model", str(clip_dir), "--dataset", str(labelled_folder), "--i2i_label_column", "label",
+                   "--device", "cpu", "--output", str(tmp_path / "results.json")])
+    model, processor = load_model_and_processor(str(clip_dir))
+    dataset = Dataset.load_from_disk(str(labelled_folder))
+    eval_set = image_retrieval_set_from_dataset(dataset, "image", "label", "data_i2i")
+    pixels = processor(images=[PILImage.open(io.BytesIO(image["bytes"])) for image in eval_set.images],
+                       return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = image_retrieval_metrics(model.get_image_features(pixel_values=pixels).pooler_output,
+                                           eval_set.labels)
+    assert results["plain"]["data_i2i/mAP"] == pytest.approx(expected["mAP"], abs=1e-4)
+    assert results["plain"]["data_i2i/R@1"] == pytest.approx(expected["R@1"], abs=1e-4)
+    assert results["counts"]["data_i2i"]["queries"] == 4
+    with pytest.raises(ValueError, match="not integer class labels"):
+        image_retrieval_set_from_dataset(dataset, "image", "name", "data_i2i")
