@@ -55,6 +55,11 @@ class SetCLIPArguments:
     )
     setclip_augment_grayscale_p: float = field(default=0.2, metadata={"help": "Probability of a grayscale view."})
 
+    def __post_init__(self):
+        # Every contrastive term divides by it: 0 gives infinite logits and a NaN loss, a negative one inverts them.
+        if not 0 < self.setclip_temperature < float("inf"):
+            raise ValueError(f"--setclip_temperature={self.setclip_temperature}; expected a positive number.")
+
     def objective(self, lambda_sparsity: float) -> SetCLIPLoss:
         return SetCLIPLoss(
             base=self.setclip_base,
