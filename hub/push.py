@@ -52,7 +52,7 @@ BASE_DEADLINE_S = 600.0
 MIN_UPLOAD_RATE = 100_000
 
 
-class PushError(RuntimeError):
+class PushError(OSError):
     """An upload step failed (HTTP error, no connection, no answer, or past the deadline); the message names the step
     and the reason."""
 

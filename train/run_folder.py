@@ -7,8 +7,12 @@ save that replaces the previous one whole.
 - `resolve_checkpoint`: `--resume_from_checkpoint last` means the last *complete* checkpoint. The Trainer writes a
   checkpoint's `trainer_state.json` last, so a checkpoint whose state file is missing, unreadable or of another step
   was cut short (a kill, a full disk) and is skipped.
+- `check_output_dir` also refuses to resume another folder's checkpoint into a folder that holds a run: the
+  resumed run's final save would replace that run's model.
 - `publish`: the final save is written to a staging folder and then moved into the output folder, so a save that
-  fails half way (a full disk) leaves the previous model (config, weights, processor) as it was.
+  fails half way (a full disk) leaves the previous model (config, weights, processor) as it was; a kill while the
+  files are moved in leaves a folder without `config.json` (which no loader takes for a model), never one save's
+  config beside the other's weights, and the next run into the folder completes the move (`finish_publish`).
 """
 
 import json
@@ -24,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".smartclip-train.lock"
 STAGING_NAME = ".final-save.tmp"
+READY_NAME = ".final-save.ready"  # a complete staged save, being moved into the output folder
+MANIFEST_NAME = ".manifest.json"  # in READY_NAME: the names of the save's files, which are moved out one by one
 TRAINER_STATE_NAME = "trainer_state.json"  # what the Trainer writes last into a checkpoint
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Weight files of a save: one left over from an earlier save of another layout (sharded vs single) would be loaded
@@ -165,8 +171,9 @@ def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: st
 # ----- the folder -------------------------------------------------------------------------------------------------
 
 
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: bool) -> None:
-    """Refuses a folder that holds an earlier run unless this run resumes it or `overwrite` is set.
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, checkpoint: str | None) -> None:
+    """Refuses a folder that holds an earlier run unless this run resumes one of its checkpoints (`checkpoint`, as
+    `resolve_checkpoint` gave it) or `overwrite` is set; first completes a final save that a kill cut short.
 
     With `overwrite`, the earlier run's `checkpoint-N` folders are removed, so that neither checkpoint rotation nor
     a later `--resume_from_checkpoint last` picks up a checkpoint of the other run; its other files are replaced by
@@ -175,11 +182,18 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: boo
     folder = Path(output_dir)
     if not folder.is_dir():
         return
+    finish_publish(folder)
     used = sorted(path.name for path in folder.iterdir() if not path.name.startswith(LOCK_NAME))
-    if not used or resume:
+    if not used or (checkpoint is not None and Path(checkpoint).resolve().parent == folder.resolve()):
         return
     if not overwrite:
         shown = ", ".join(used[:5]) + (f" and {len(used) - 5} more" if len(used) > 5 else "")
+        if checkpoint is not None:
+            raise ValueError(
+                f"--output_dir {folder} holds another run ({shown}) and --resume_from_checkpoint {checkpoint} is not "
+                "one of its checkpoints: the resumed run would replace that run's model. Resume into a new "
+                "--output_dir, or pass --overwrite_output_dir to replace it."
+            )
         raise ValueError(
             f"--output_dir {folder} already holds files ({shown}). Pass --overwrite_output_dir to train into it "
             "anyway (its checkpoints are removed), --resume_from_checkpoint last to continue its run, or choose "
@@ -193,26 +207,50 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: boo
 
 
 def publish(staging: str | os.PathLike, output_dir: str | os.PathLike) -> None:
-    """Moves everything in `staging` into `output_dir`, each entry by one rename, `config.json` last; then removes
-    weight files of an earlier save that this one does not have, and `staging`.
+    """Moves the complete save in `staging` into `output_dir` (`finish_publish`), replacing the previous one.
 
-    Until the renames start, `output_dir` keeps the previous save whole; the renames take microseconds, where
-    writing the weights takes as long as the disk needs (and fails when it is full).
+    Until `staging` is renamed to `READY_NAME` (one rename, with the list of its files), `output_dir` keeps the
+    previous save whole; the renames take microseconds, where writing the weights takes as long as the disk needs
+    (and fails when it is full).
     """
     staging, output_dir = Path(staging), Path(output_dir)
-    new = {path.name for path in staging.iterdir()}
-    for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
+    finish_publish(output_dir)  # an earlier save that a kill cut short goes in first, and is then replaced
+    names = sorted(path.name for path in staging.iterdir())
+    Path(staging, MANIFEST_NAME).write_text(json.dumps(names))
+    os.replace(staging, output_dir / READY_NAME)
+    finish_publish(output_dir)
+
+
+def finish_publish(output_dir: str | os.PathLike) -> None:
+    """Moves a complete save waiting in `output_dir/READY_NAME` into `output_dir`, each entry by one rename; removes
+    weight files of an earlier save that it does not have, then the ready folder. Nothing to do without one.
+
+    The old `config.json` goes first and the new one comes last: between the two, a loader finds no config and
+    refuses the folder, rather than pairing one save's config with the other's weights. Safe to call again after a
+    kill at any point.
+    """
+    output_dir = Path(output_dir)
+    ready = output_dir / READY_NAME
+    if not ready.is_dir():
+        return
+    names = set(json.loads((ready / MANIFEST_NAME).read_text()))
+    if (ready / "config.json").is_file():
+        (output_dir / "config.json").unlink(missing_ok=True)
+    for path in sorted(ready.iterdir(), key=lambda p: p.name == "config.json"):
+        if path.name == MANIFEST_NAME:
+            continue
         target = output_dir / path.name
         if path.is_dir() and target.is_dir():
             shutil.rmtree(target)
         os.replace(path, target)
     for path in output_dir.iterdir():
-        if _WEIGHT_FILE.match(path.name) and path.name not in new:
+        if _WEIGHT_FILE.match(path.name) and path.name not in names:
             path.unlink()
-    staging.rmdir()
+    (ready / MANIFEST_NAME).unlink()
+    ready.rmdir()
 
 
 __all__ = [
-    "LOCK_NAME", "STAGING_NAME", "RunLock", "check_output_dir", "checkpoints", "checkpoint_step", "incomplete_reason",
-    "publish", "resolve_checkpoint",
+    "LOCK_NAME", "READY_NAME", "STAGING_NAME", "RunLock", "check_output_dir", "checkpoints", "checkpoint_step",
+    "finish_publish", "incomplete_reason", "publish", "resolve_checkpoint",
 ]

@@ -34,6 +34,7 @@ from modeling_smartclip.loading import load_model_and_processor
 from smartclip_data.scratch import scratch_clip_config, scratch_processor
 from smartclip_data.sources import DataArguments, DropCounter, load_split
 from smartclip_hub.card import write_model_card
+from smartclip_hub.secrets import scrub
 
 from .collator import CaptionCollator, CaptionEpochCallback
 from .objectives import OBJECTIVES, TrainingLoss
@@ -237,19 +238,16 @@ def _drop_metrics(split: str, counts: dict[str, int]) -> dict[str, int]:
     return {f"{split}_dropped_{reason.replace(' ', '_')}": count for reason, count in counts.items()}
 
 
-def _without_credentials(arguments: dict) -> dict:
-    return {key: value for key, value in arguments.items() if key != "token" and not key.endswith("_token")}
-
-
 def write_run_record(output_dir: str, model_args: ModelArguments, data_args: DataArguments,
                      training_args: TrainingArguments) -> None:
     """`training_args.json`: `{"model": ..., "data": ..., "training": ...}`, the arguments of the run without any
     token (the model card reads it; `training_args.bin`, the Trainer's pickle, is never read)."""
     record = {
-        "model": _without_credentials(asdict(model_args)),
-        "data": _without_credentials(asdict(data_args)),
-        "training": _without_credentials(training_args.to_sanitized_dict()),
+        "model": asdict(model_args),
+        "data": asdict(data_args),
+        "training": training_args.to_sanitized_dict(),
     }
+    record, _ = scrub(json.loads(json.dumps(record, default=str)))  # credentials by name or look, at any depth
     Path(output_dir, "training_args.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -297,7 +295,7 @@ def run_training(
         # Phase 2: the output folder: which checkpoint to resume, and no silent reuse of an earlier run's folder.
         checkpoint = None if evaluate_only else resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
         if main_process and not evaluate_only:
-            check_output_dir(output_dir, overwrite, resume=checkpoint is not None)
+            check_output_dir(output_dir, overwrite, checkpoint)
         set_seed(training_args.seed)  # before the model: initialisation is part of the run
 
         # Phase 3: model, processor and objective.
@@ -370,6 +368,8 @@ def run_training(
         if train_dataset is not None and trainer.is_world_process_zero():
             write_run_record(output_dir, model_args, data_args, training_args)
             write_model_card(output_dir, recall_by_scoring(eval_metrics, trainer.model.config.scoring))
+            if training_args.push_to_hub:  # the folder as `smartclip-push` stages it: model, processor, card
+                trainer.push_to_hub()
         evaluation = {}
         if eval_fn is not None and trainer.is_world_process_zero():
             evaluation = eval_fn(trainer.model.eval(), processor)

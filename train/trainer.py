@@ -2,23 +2,31 @@
 head's own, retrieval recall at each evaluation, and a final save that replaces the previous one whole."""
 
 import hashlib
+import logging
 import os
 import shutil
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
+from huggingface_hub import HfApi
 from transformers import EvalPrediction, Trainer
+from transformers.trainer_utils import HubStrategy
 from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modeling_smartclip.loading import non_finite_weights
 from modeling_smartclip.masking import similarity
 from smartclip_eval.metrics import RECALL_KS, retrieval_metrics
+from smartclip_hub.code_pointers import strip_foreign_code
+from smartclip_hub.push import push_model
 
 from .collator import CaptionCollator
 from .objectives import TrainingLoss
 from .run_folder import STAGING_NAME, TRAINER_STATE_NAME, publish
+
+logger = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")  # the rest of a batch is for the objective
 # The recall under plain scoring, logged beside the model's modular scoring: `eval_image_retrieval_recall@1_plain`.
@@ -163,8 +171,52 @@ class SmartCLIPTrainer(Trainer):
         if self.args.should_save:
             publish(staging, output_dir)
         self.accelerator.wait_for_everyone()
-        if self.args.push_to_hub:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # The Trainer pickles its arguments into every save (`training_args.bin`): without the Hub token. And the
+        # starting model's config and tokenizer write back whatever code pointers their source held: only ours stay.
+        token, self.args.hub_token = self.args.hub_token, None
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.args.hub_token = token
+        if self.args.should_save:
+            strip_foreign_code(self.args.output_dir if output_dir is None else output_dir)
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Names the repo `push_to_hub` commits to (it creates the repo on its first push)."""
+        if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            raise ValueError(
+                f"--hub_strategy {self.args.hub_strategy.value} uploads whole checkpoints (optimizer state, pickled "
+                "arguments); smartclip-train pushes the model, processor and card only: use every_save or end."
+            )
+        self.hub_model_id = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        self.push_in_progress = None
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None,
+                    **kwargs) -> str | None:
+        """Uploads the output folder as `smartclip-push` stages it (model, processor, card: no pickle, lock or
+        token) in one commit; returns its URL on the main process."""
+        return self._push_folder(self.args.output_dir, commit_message, token, revision, private)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self.args.hub_strategy != HubStrategy.END:
+            self._push_folder(checkpoint_folder, f"Training in progress, step {self.state.global_step}")
+
+    def _push_folder(self, folder: str, commit_message: str | None, token: str | None = None,
+                     revision: str | None = None, private: bool | None = None) -> str | None:
+        if not self.is_world_process_zero():
+            return None
+        if self.hub_model_id is None:
+            self.init_hf_repo()
+        _, url = push_model(
+            HfApi(token=token or self.args.hub_token), folder, self.hub_model_id,
+            self.args.hub_private_repo if private is None else private, revision or self.args.hub_revision,
+            commit_message or "Upload SmartCLIP model",
+        )
+        logger.info("Pushed %s to %s: %s", folder, self.hub_model_id, url)
+        return url
 
     def _save_checkpoint(self, model, trial) -> None:
         # Saving again into an existing checkpoint folder (after resuming from an earlier one): remove its state file
