@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from smartclip_train.distributed import process_group, spawn
 from smartclip_train.objectives import build_objective
 from smartclip_train.train import resolve_device
 
@@ -28,6 +28,8 @@ from .cli import main_for, parser
 from .measure import Figure, time_runs
 from .report import row, section
 from .towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
+
+SPAWN_TIMEOUT = 1800  # seconds; a run takes seconds (--quick) to minutes: past this it is a hang, and fails
 
 
 def free_port() -> int:
@@ -39,42 +41,43 @@ def free_port() -> int:
 def _worker(rank: int, world_size: int, port: int, settings: dict, out_path: str) -> None:
     """One rank: time `warmup + repeats` training steps on its share of the global batch; rank 0 writes the result."""
     torch.set_num_threads(settings["threads"])
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        size = tower_size(settings["size"])
-        processor = build_processor(size)
-        # seeded: the same weights in every process
-        _, model = build_models(size, processor, 0, settings["mask_heads"], settings["mask_width"])
-        batch = random_batch(size, processor, settings["global_batch"], settings["text_len"], seed=1)
-        share = settings["global_batch"] // world_size
-        local = {name: value[rank * share : (rank + 1) * share] for name, value in batch.items()}
-        model.train()
-        wrapped = DistributedDataParallel(model) if world_size > 1 else model
-        optimizer = torch.optim.AdamW(model.parameters())
-        loss_fn = build_objective("smartclip", local_loss=settings["local_loss"])
-        losses, grad_norms = [], []
+    with process_group(rank, world_size, port):
+        _time_steps(rank, world_size, settings, out_path)  # returns before the group ends: DDP is freed first
 
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            outputs = wrapped(**local, output_text_masks=loss_fn.needs_text_masks, return_logits=False)
-            loss, _ = loss_fn(wrapped, outputs, local)
-            if settings["local_loss"]:  # each rank's share: the global loss is their mean (logged, not trained)
-                loss_value = loss.detach().clone()
-                dist.all_reduce(loss_value)
-                losses.append(loss_value.item() / world_size)
-            loss.backward()  # DDP averages the gradients over ranks here
-            grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
-            grad_norms.append(torch.cat(grads).norm().item())
-            optimizer.step()
-            if not settings["local_loss"]:
-                losses.append(loss.item())
 
-        seconds = time_runs({"step": step}, settings["repeats"], settings["warmup"])["step"]
-        if rank == 0:
-            result = {"seconds": asdict(seconds), "losses": losses, "grad_norms": grad_norms}
-            Path(out_path).write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
+def _time_steps(rank: int, world_size: int, settings: dict, out_path: str) -> None:
+    size = tower_size(settings["size"])
+    processor = build_processor(size)
+    # seeded: the same weights in every process
+    _, model = build_models(size, processor, 0, settings["mask_heads"], settings["mask_width"])
+    batch = random_batch(size, processor, settings["global_batch"], settings["text_len"], seed=1)
+    share = settings["global_batch"] // world_size
+    local = {name: value[rank * share : (rank + 1) * share] for name, value in batch.items()}
+    model.train()
+    wrapped = DistributedDataParallel(model) if world_size > 1 else model
+    optimizer = torch.optim.AdamW(model.parameters())
+    loss_fn = build_objective("smartclip", local_loss=settings["local_loss"])
+    losses, grad_norms = [], []
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        outputs = wrapped(**local, output_text_masks=loss_fn.needs_text_masks, return_logits=False)
+        loss, _ = loss_fn(wrapped, outputs, local)
+        if settings["local_loss"]:  # each rank's share: the global loss is their mean (logged, not trained)
+            loss_value = loss.detach().clone()
+            dist.all_reduce(loss_value)
+            losses.append(loss_value.item() / world_size)
+        loss.backward()  # DDP averages the gradients over ranks here
+        grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+        grad_norms.append(torch.cat(grads).norm().item())
+        optimizer.step()
+        if not settings["local_loss"]:
+            losses.append(loss.item())
+
+    seconds = time_runs({"step": step}, settings["repeats"], settings["warmup"])["step"]
+    if rank == 0:
+        result = {"seconds": asdict(seconds), "losses": losses, "grad_norms": grad_norms}
+        Path(out_path).write_text(json.dumps(result))
 
 
 def spawn_run(world_size: int, settings: dict, local_loss: bool = False) -> dict:
@@ -82,7 +85,7 @@ def spawn_run(world_size: int, settings: dict, local_loss: bool = False) -> dict
     with tempfile.TemporaryDirectory() as folder:
         out_path = str(Path(folder) / "result.json")
         settings = {**settings, "local_loss": local_loss}
-        mp.spawn(_worker, args=(world_size, free_port(), settings, out_path), nprocs=world_size, join=True)
+        spawn(_worker, args=(world_size, free_port(), settings, out_path), nprocs=world_size, timeout=SPAWN_TIMEOUT)
         return json.loads(Path(out_path).read_text())
 
 

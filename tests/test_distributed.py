@@ -1,24 +1,26 @@
 """Two gloo processes, each with half the batch, train exactly like one process with the whole batch: every core
-objective, with the global and with the local loss."""
+objective, with the global and with the local loss; and spawned ranks that hang are killed within a bound."""
 
 import itertools
+import time
 import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from transformers import CLIPModel
 
 from modeling_smartclip import SmartCLIPModel
 from smartclip_data.scratch import scratch_clip_config, scratch_processor
 from smartclip_train.collator import split_sentences
+from smartclip_train.distributed import process_group, spawn
 from smartclip_train.objectives import build_objective
 from smartclip_train.trainer import MODEL_INPUTS
 from tests.support import free_port
 
 WORLD_SIZE = 2
+SPAWN_TIMEOUT = 180  # seconds; the ranks take about 10 s
 PER_RANK = 3
 OBJECTIVES = {"smartclip": {}, "clip": {}, "paired_mask": {}, "longclip": {"pca_dim": 2}}  # pca_dim below the 6 images' rank
 CAPTIONS = [
@@ -64,8 +66,7 @@ def loss_and_grads(model: SmartCLIPModel, loss_name: str, batch: dict, local_los
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
-    try:
+    with process_group(rank, WORLD_SIZE, port):
         model, batch = tiny_model_and_batch()
         local = {name: value[rank * PER_RANK : (rank + 1) * PER_RANK] for name, value in batch.items()}
         for loss_name, local_loss in itertools.product(OBJECTIVES, (False, True)):
@@ -82,14 +83,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             save_file({name: value.contiguous() for name, value in result.items()}, path)
             with open(f"{out_dir}/warnings-{rank}.txt", "a") as log:
                 log.writelines(f"{warning.message}\n" for warning in caught)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+    spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, timeout=SPAWN_TIMEOUT)
     return out_dir
 
 
@@ -110,3 +109,22 @@ def test_two_ranks_match_one_process_on_the_whole_batch(two_rank_results, loss_n
 def test_gathering_uses_no_deprecated_collective(two_rank_results):
     for rank in range(WORLD_SIZE):
         assert "torch.distributed.nn.functional" not in (two_rank_results / f"warnings-{rank}.txt").read_text()
+
+
+def _wait_for_a_missing_rank(rank: int, port: int) -> None:
+    """Rank 1 never joins the group: rank 0 waits for it (in the group's set-up) until killed."""
+    if rank == 0:
+        with process_group(rank, WORLD_SIZE, port):
+            pass
+    else:
+        time.sleep(3600)
+
+
+def test_spawned_ranks_that_hang_are_killed_and_reported():
+    with pytest.raises(TimeoutError, match=r"ranks \[0, 1\] of _wait_for_a_missing_rank still running after 10 s"):
+        spawn(_wait_for_a_missing_rank, args=(free_port(),), nprocs=WORLD_SIZE, timeout=10)
+
+
+def test_every_test_runs_under_a_time_limit(pytestconfig):
+    assert pytestconfig.pluginmanager.hasplugin("timeout"), "pytest-timeout (the [test] extra) is not installed"
+    assert 0 < float(pytestconfig.getini("timeout")) <= 600

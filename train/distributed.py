@@ -1,4 +1,5 @@
-"""Gathering features from every rank, so that a contrastive loss sees the global batch.
+"""Multi-process plumbing: gathering features from every rank, so that a contrastive loss sees the global batch, and
+starting and ending process groups so that no run, test or benchmark can hang.
 
 With the global loss, each rank computes the same loss on the gathered `(global_batch, D)` features; with the local
 loss (`modeling_smartclip.losses`), each rank scores its own rows against the gathered ones. Either way the gather
@@ -6,10 +7,22 @@ is differentiable: its backward sums, into each rank's own rows, the gradients t
 them, and DDP's averaging over ranks turns that sum into the gradient of the global loss (for the global loss,
 the sum is `world_size` times the true gradient of the rows, and the averaging divides it back), so the update
 equals one process training on the whole batch.
+
+Ending a group: a gloo group freed while one of its collectives is still being released (DDP's `Reducer` freed at
+interpreter exit, say) can deadlock, its destructor waiting for a worker thread that waits for the GIL. `shut_down`
+frees what holds the group and waits for every rank's pending work before destroying it; `spawn` bounds the wait for
+spawned ranks.
 """
+
+import contextlib
+import datetime
+import gc
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 
@@ -74,4 +87,49 @@ def rank_offset(local_size: int, device: torch.device) -> int:
     return sum(_sizes(local_size, device)[: dist.get_rank()])
 
 
-__all__ = ["gather_features", "rank_offset", "world_size"]
+def shut_down() -> None:
+    """Ends this process's part in the default group, if there is one, in a way that cannot deadlock.
+
+    Call it on every rank once the work is done, outside the frames holding the `DistributedDataParallel` model (a
+    Trainer keeps it in reference cycles, hence the collection). The barrier waits for every rank's pending
+    collectives, so no rank tears its group down while another still talks to it.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # the DDP Reducer (and the Trainer's cycles holding it) goes before the group it holds
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(rank: int, world_size: int, port: int, timeout: float = 120.0) -> Iterator[None]:
+    """A gloo group of `world_size` processes on this machine, ended by `shut_down` when the block succeeds.
+
+    A collective that waits longer than `timeout` seconds for another rank raises instead of waiting forever. Keep
+    the DDP model inside a function called in the block, so that it is freed before the group goes.
+    """
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout))
+    try:
+        yield
+        shut_down()
+    finally:
+        if dist.is_initialized():  # the block failed: no barrier, the other ranks may be anywhere
+            dist.destroy_process_group()
+
+
+def spawn(fn: Callable, args: tuple, nprocs: int, timeout: float) -> None:
+    """`torch.multiprocessing.spawn(fn, args, nprocs)` that ends within `timeout` seconds: ranks still running then
+    are killed and `TimeoutError` names them; a rank that fails stops the others and raises, as `spawn` does."""
+    context = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(deadline - time.monotonic(), 0.0)):
+        if time.monotonic() >= deadline:
+            running = [rank for rank, process in enumerate(context.processes) if process.is_alive()]
+            for process in context.processes:
+                process.kill()
+                process.join()
+            raise TimeoutError(f"ranks {running} of {fn.__name__} still running after {timeout:.0f} s; killed.")
+
+
+__all__ = ["gather_features", "process_group", "rank_offset", "shut_down", "spawn", "world_size"]

@@ -22,6 +22,8 @@ class TrainingLoss:
 
     Attributes:
         trains_mask_head: whether the loss sends gradients to the mask head (if not, the head is frozen).
+        trains_logit_scale: whether the loss uses the model's `logit_scale` (if not, it is frozen: DDP runs without
+            searching for unused parameters, so every trainable one must get a gradient).
         scoring: the `SmartCLIPConfig.scoring` a model trained with this loss is saved with.
         config_loss_type: the `SmartCLIPConfig.loss_type` (what `forward(return_loss=True)` computes) saved with it.
         (The saved `SmartCLIPConfig.mask_head_trained` is `trains_mask_head`.)
@@ -38,6 +40,7 @@ class TrainingLoss:
     """
 
     trains_mask_head: bool = False
+    trains_logit_scale: bool = True
     scoring: str = "plain"
     config_loss_type: str = "clip"
     needs_text_masks: bool = True

@@ -37,6 +37,7 @@ from smartclip_hub.card import write_model_card
 from smartclip_hub.secrets import scrub
 
 from .collator import CaptionCollator, CaptionEpochCallback
+from .distributed import shut_down
 from .objectives import OBJECTIVES, TrainingLoss
 from .run_folder import RunLock, check_output_dir, resolve_checkpoint
 from .trainer import SmartCLIPTrainer, recall_by_scoring
@@ -222,10 +223,11 @@ def objective_from_arguments(args: ModelArguments, config: SmartCLIPConfig) -> T
 
 
 def prepare_model_for_objective(model: SmartCLIPModel, objective: TrainingLoss) -> None:
-    """Freezes a head the objective does not train, and records in the config how the trained model scores and
-    whether its head was trained: the modular objective saves modular scoring, the CLIP baseline and the
-    random-mask control plain scoring."""
+    """Freezes a head (and a `logit_scale`) the objective does not train, and records in the config how the trained
+    model scores and whether its head was trained: the modular objective saves modular scoring, the CLIP baseline and
+    the random-mask control plain scoring."""
     model.mask_head.requires_grad_(objective.trains_mask_head)
+    model.logit_scale.requires_grad_(objective.trains_logit_scale)
     model.config.scoring = objective.scoring
     model.config.loss_type = objective.config_loss_type
     model.config.mask_head_trained = objective.trains_mask_head
@@ -282,6 +284,17 @@ def run_training(
     """
     # Phase 1: settings this pipeline relies on.
     training_args.remove_unused_columns = False  # the collator reads the image and caption columns itself
+    if training_args.ddp_find_unused_parameters is None:
+        # The Trainer's default (True) has DDP mark, at the end of `forward`, every parameter that `forward`'s outputs
+        # do not reach as ready; the objectives use `logit_scale` after `forward`, so its gradient marks it ready a
+        # second time and DDP stops. The search is not needed: every objective uses every trainable parameter (one
+        # that leaves the mask head or the scale out freezes it, `prepare_model_for_objective`).
+        training_args.ddp_find_unused_parameters = False
+    if training_args.accelerator_config.dispatch_batches is None:
+        # A stream (`--streaming`, Set-CLIP's blocks) would by default be read by the main process alone, which
+        # concatenates every rank's batch and fails on captions padded to different lengths; instead each rank reads
+        # the stream and keeps its own batches (rank r the r-th of each `world_size` consecutive ones).
+        training_args.accelerator_config.dispatch_batches = False
     if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
         logger.warning("--dataloader_persistent_workers: workers keep the first epoch's caption draws in later epochs.")
     evaluate_only = training_args.do_eval and not training_args.do_train and training_args.eval_strategy == "no"
@@ -419,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     set_up_logging(training_args)
     try:
         run_training(model_args, data_args, training_args)
+        shut_down()  # under torchrun or accelerate launch: the group ends here, not in the interpreter's exit
     except ValueError as error:  # bad input: one line naming it, not a traceback
         sys.exit(f"smartclip-train: error: {error}")
 

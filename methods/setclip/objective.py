@@ -280,6 +280,7 @@ class SetCLIPLoss(TrainingLoss):
         self.lambda_sparsity = lambda_sparsity
         # what the trainer reads to set the model up (see TrainingLoss)
         self.trains_mask_head = base == "smartclip"
+        self.trains_logit_scale = False  # fixed temperatures
         self.scoring = "modular" if base == "smartclip" else "plain"
         self.config_loss_type = base
 

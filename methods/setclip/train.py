@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from modeling_smartclip.configuration_smartclip import LAMBDA_SPARSITY
 from smartclip_train.cli import user_errors
 from smartclip_train.collator import CaptionCollator
+from smartclip_train.distributed import shut_down
 from smartclip_train.train import parse_args, run_training, set_up_logging
 
 from .objective import SetCLIPLoss
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args, setclip_args = parse_args(argv, extra_arguments=(SetCLIPArguments,))
     set_up_logging(training_args)
     run_setclip_training(model_args, data_args, training_args, setclip_args)
+    shut_down()  # under torchrun or accelerate launch: the group ends here, not in the interpreter's exit
 
 
 if __name__ == "__main__":
