@@ -33,21 +33,21 @@ the same settings is reused, not retrained.
 import json
 import logging
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 from smartclip_data.sources import DataArguments, builtin_scenes
 from smartclip_eval.evaluate import evaluate_model
 from smartclip_eval.sets import scene_eval_sets
 from smartclip_eval.tables import save_results
-from smartclip_train.train import ModelArguments, run_training
+from smartclip_train.cli import user_errors
+from smartclip_train.train import ModelArguments, parse_flags_or_file, run_training
 
 from .plots import plot_mask_usage, plot_training_curves
 from .probe import scene_probe
@@ -72,6 +72,17 @@ class CompareArguments:
     )
     finetune_learning_rate: float = field(default=3e-4, metadata={"help": "Towers' learning rate in stage 2."})
     mask_learning_rate: float = field(default=1e-3, metadata={"help": "Mask head's learning rate (the paper's)."})
+    lambda_sparsity: float | None = field(
+        default=None, metadata={"help": "Sparsity weight of every SmartCLIP arm, in the paper's units; None: the "
+                                "config's default (`SmartCLIPConfig.lambda_sparsity`)."}
+    )
+    mask_threshold: float | None = field(
+        default=None, metadata={"help": "Sigmoid threshold of the hard mask; None: the config's default."}
+    )
+    random_mask_density: float | None = field(
+        default=None, metadata={"help": "Density of the random-mask control; None: measured from the trained "
+                                "SmartCLIP arm (paper head) it controls, the mean over its last logged steps."}
+    )
     p_long: float = field(
         default=0.5, metadata={"help": "SmartCLIP's sampling: share of the long caption (else one of its sentences)."}
     )
@@ -86,6 +97,8 @@ class CompareArguments:
         if self.quick:
             self.num_train_scenes, self.num_test_scenes, self.probe_train_scenes = 64, 32, 64
             self.pretrain_steps, self.finetune_steps, self.scratch_steps, self.batch_size = 3, 2, 2, 16
+            if self.output_dir == "outputs/compare":  # a smoke test never shares a folder with a real run
+                self.output_dir = "outputs/compare-quick"
         unknown = set(self.stages.split(",")) - {"finetune", "scratch"}
         if unknown:
             raise ValueError(f"--stages {self.stages}: unknown {sorted(unknown)}; expected finetune and/or scratch.")
@@ -179,14 +192,18 @@ class Progress:
         self.done_arms += 1
 
 
-def train_arm(args, arm: Arm, stage: str, seed: int, start: str | None, evaluator, progress) -> dict:
+def train_arm(args, arm: Arm, stage: str, seed: int, start: str | None, evaluator, progress,
+              random_mask_density: float | None = None) -> dict:
     """Trains and evaluates one arm; returns its metrics, log history, output folder and timings."""
     steps = {"pretrain": args.pretrain_steps, "finetune": args.finetune_steps}.get(stage, args.scratch_steps)
     output_dir = Path(args.output_dir, f"seed{seed}", stage, arm.name)
     p_long = args.p_long if arm.p_long is None else arm.p_long
+    masked = arm.objective in ("smartclip", "random_mask")
     model_args = ModelArguments(
         model_name_or_path=start, objective=arm.objective, mask_pooling=arm.mask_pooling,
-        mask_learning_rate=args.mask_learning_rate,
+        mask_learning_rate=args.mask_learning_rate, random_mask_density=random_mask_density,
+        lambda_sparsity=args.lambda_sparsity if masked else None,
+        mask_threshold=args.mask_threshold if masked else None,
     )
     data_args = DataArguments(
         num_train_scenes=args.num_train_scenes, num_test_scenes=args.num_test_scenes,
@@ -211,8 +228,15 @@ def train_arm(args, arm: Arm, stage: str, seed: int, start: str | None, evaluato
     result = run_training(model_args, data_args, training_args, eval_fn=evaluator)
     progress.end(steps)
     timing = {"wall_s": time.monotonic() - wall, "cpu_s": time.process_time() - cpu}
+    density = {} if random_mask_density is None else {"random_mask_density": random_mask_density}
     return {**result["evaluation"], "log_history": result["log_history"], "output_dir": str(output_dir),
-            "timing": timing}
+            "timing": timing, **density}
+
+
+def learned_density(log_history: list[dict], last: int = 3) -> float:
+    """The trained masks' density: the mean `mask_density` of the last `last` training logs of a SmartCLIP arm."""
+    densities = [log["mask_density"] for log in log_history if "mask_density" in log][-last:]
+    return statistics.fmean(densities)
 
 
 def save_as_clip(model_dir: str, path: Path) -> None:
@@ -231,7 +255,13 @@ def run_seed(args: CompareArguments, seed: int, evaluator: Evaluator, progress: 
         start = Path(args.output_dir, f"seed{seed}", "pretrained-clip")
         save_as_clip(pretrained["output_dir"], start)
         for arm in FINETUNE_ARMS:
-            runs[f"finetune/{arm.name}"] = train_arm(args, arm, "finetune", seed, str(start), evaluator, progress)
+            density = None
+            if arm.objective == "random_mask":  # the control runs at the density of the masks it controls
+                density = args.random_mask_density
+                if density is None:
+                    density = learned_density(runs["finetune/smartclip"]["log_history"])
+            runs[f"finetune/{arm.name}"] = train_arm(args, arm, "finetune", seed, str(start), evaluator, progress,
+                                                     density)
     if "scratch" in args.stages:
         for arm in SCRATCH_ARMS:
             runs[f"scratch/{arm.name}"] = train_arm(args, arm, "scratch", seed, None, evaluator, progress)
@@ -413,7 +443,8 @@ def run_compare(args: CompareArguments) -> dict:
     report = "\n\n".join([
         format_tables(summary, descriptions, args.seed_list),
         "**The paper's predictions, checked** (stage 2, plain scoring):\n\n"
-        + "\n".join(verdicts(summary) or ["(no stage 2 in this run)"]),
+        + ("(--quick is a smoke test of a few steps: no verdicts)" if args.quick
+           else "\n".join(verdicts(summary) or ["(no stage 2 in this run)"])),
         f"Settings: {args.seeds=}, {args.pretrain_steps=}, {args.finetune_steps=}, {args.scratch_steps=}, "
         f"{args.batch_size=}, {args.num_train_scenes=}, {args.num_test_scenes=}. Time per seed (training and "
         "evaluation of every arm): " + ", ".join(
@@ -424,8 +455,9 @@ def run_compare(args: CompareArguments) -> dict:
                   **{f"seed{seed}": runs for seed, runs in runs_by_seed.items()}}, output_dir / "results.json")
     (output_dir / "results.md").write_text(report + "\n")
     first = runs_by_seed[args.seed_list[0]]
-    plot_training_curves({name: run["log_history"] for name, run in first.items()},
-                         str(output_dir / "training_curves.png"))
+    if not args.quick:  # a few steps make no curves
+        plot_training_curves({name: run["log_history"] for name, run in first.items()},
+                             str(output_dir / "training_curves.png"))
     publish = args.publish if args.publish in first else next(name for name in first if "smartclip" in name)
     sentences = sorted({s for captions in evaluator.test_split["short_captions"] for s in captions})
     plot_masks(first[publish]["output_dir"], sentences, output_dir / "mask_usage.png", f"{publish}: mask usage")
@@ -439,12 +471,12 @@ def run_compare(args: CompareArguments) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script `smartclip-compare`."""
-    argv = sys.argv[1:] if argv is None else argv
-    (args,) = HfArgumentParser(CompareArguments).parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()  # keep the Trainer's progress bars, not its metric dumps
-    run_compare(args)
+    """Console script `smartclip-compare`: status 0 on success; a user error is one line on stderr, status 2."""
+    with user_errors("smartclip-compare"):
+        (args,) = parse_flags_or_file((CompareArguments,), argv)
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+        transformers.utils.logging.set_verbosity_warning()  # keep the Trainer's progress bars, not its metric dumps
+        run_compare(args)
 
 
 if __name__ == "__main__":
