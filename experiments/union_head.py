@@ -1,7 +1,7 @@
 """Is the union head's modular gain real? CLIP against SmartCLIP's union head, from scratch, over seeds and settings.
 
-An earlier note measured, through `smartclip-train`, a union-head gain on atomic concepts (scored modularly) over
-CLIP of +0.22 with one seed and +0.01 with another. This runs that comparison over enough seeds to count how often
+A first two-seed run (unpublished) measured, through `smartclip-train`, a union-head gain on atomic concepts
+(scored modularly) over CLIP of +0.22 with one seed and +0.01 with the other. This runs that comparison over enough seeds to count how often
 the gain appears, in each of a few settings, and records along training what might decide it:
 
 - the atomic probe (CLIP plain; the union head plain and modular) every `--record_steps`;
@@ -10,9 +10,9 @@ the gain appears, in each of a few settings, and records along training what mig
   sentences' masks: 1 when every caption gets the same mask).
 
 Settings (each a change of the first):
-- `package`: the note's `smartclip-train` setting: built-in scenes, 2,000 steps, batch 128, learning rate 1e-3
+- `package`: the first run's `smartclip-train` setting: built-in scenes, 2,000 steps, batch 128, learning rate 1e-3
   for towers and head, weight decay 0.1, linear decay without warm-up, 50/50 long caption or one sentence;
-- `simple-scenes`: the note's own scenes (no size, long captions in slot order; `--no_scenes_sizes
+- `simple-scenes`: the first run's own scenes (no size, long captions in slot order; `--no_scenes_sizes
   --scenes_slot_order`); `no-sizes` and `slot-order` change one of the two;
 - `head-lr-1e-2`: the head's learning rate 10x the towers';
 - `cosine`: cosine decay with 5% warm-up (`smartclip-compare`'s schedule).
