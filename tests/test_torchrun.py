@@ -1,6 +1,7 @@
 """`torchrun` and `accelerate launch` with two gloo processes through the real Trainer end with the weights of one
 process trained on the concatenated batches (per-device batch b on 2 processes vs 2b on 1, same data order), for
-every objective, and leave no process group behind. Every launch is bounded: a hang fails the test."""
+every objective and a streamed source, train Set-CLIP, and leave no process group behind. Every launch is bounded: a
+hang fails the test."""
 
 import json
 import os
@@ -19,8 +20,6 @@ from smartclip_train.train import main as train_main
 WORLD_SIZE = 2
 PER_DEVICE = 4
 LAUNCH_TIMEOUT = 240  # seconds; a launch takes about 20 s on 2 busy cores
-# Objectives whose 2-process run cannot equal one process: each rank draws its own random masks.
-RANDOM = {"random_mask"}
 
 
 def flags(model_dir, output_dir, per_device: int, objective: str = "smartclip") -> list[str]:
@@ -74,9 +73,9 @@ def assert_same_weights(got_dir, expected_dir) -> None:
         torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6, msg=name)  # the updates: ~1e-3
 
 
-def one_process(model_dir, output_dir, objective: str = "smartclip"):
+def one_process(model_dir, output_dir, objective: str = "smartclip", extra: list[str] = ()):
     """The reference: `smartclip-train` in this process on batches of `WORLD_SIZE * PER_DEVICE`."""
-    train_main(flags(model_dir, output_dir, WORLD_SIZE * PER_DEVICE, objective))
+    train_main(flags(model_dir, output_dir, WORLD_SIZE * PER_DEVICE, objective) + list(extra))
     return output_dir
 
 
@@ -121,8 +120,8 @@ def test_accelerate_launch_two_cpu_processes_equal_one_process(tmp_path, clip_di
     assert_same_weights(tmp_path / "two", one_process(clip_dir, tmp_path / "one", "clip"))
 
 
-# Every objective, and the Set-CLIP plug-in, in one torchrun launch: each run parses its command line as its script
-# does and trains through `run_training`; the group is ended once, after the last.
+# The other objectives, a streamed source and the Set-CLIP plug-in in one torchrun launch: each run parses its command
+# line as its script does and trains through `run_training`; the group is ended once, after the last.
 OBJECTIVES_CHILD = """
 import json, sys
 from smartclip_methods.setclip.train import SetCLIPArguments, run_setclip_training
@@ -137,16 +136,23 @@ for argv in json.loads(sys.argv[1]):
         run_training(*parse_args(argv))
 shut_down()
 """
-SETCLIP = ["--setclip_base", "smartclip", "--setclip_paired_fraction", "0.5"]
+# `{output folder: (objective, extra flags)}`; smartclip and clip are the tests above.
+RUNS = {name: (name, []) for name in OBJECTIVES if name not in ("smartclip", "clip")} | {
+    "random_mask": ("random_mask", ["--random_mask_density", "0.5"]),  # the starting head is untrained
+    "streaming": ("smartclip", ["--streaming"]),
+    "setclip": ("smartclip", ["--setclip_base", "smartclip", "--setclip_paired_fraction", "0.5"]),
+}
+# Runs that 2 processes cannot reproduce with 1: each rank draws its own random masks, and Set-CLIP mixes pairs and
+# unpaired items per device batch.
+NOT_COMPARED = {"random_mask", "setclip"}
 
 
-def test_torchrun_trains_every_objective_and_setclip(tmp_path, clip_dir):
+def test_torchrun_trains_every_objective_a_stream_and_setclip(tmp_path, clip_dir):
     (tmp_path / "child.py").write_text(OBJECTIVES_CHILD)
-    runs = {name: flags(clip_dir, tmp_path / name, PER_DEVICE, name) for name in OBJECTIVES}
-    runs["random_mask"] += ["--random_mask_density", "0.5"]  # the starting head is untrained
-    runs["setclip"] = flags(clip_dir, tmp_path / "setclip", PER_DEVICE) + SETCLIP
-    launch(torchrun("child.py", json.dumps(list(runs.values()))), tmp_path)
-    for name in runs:
+    argvs = [flags(clip_dir, tmp_path / name, PER_DEVICE, objective) + extra
+             for name, (objective, extra) in RUNS.items()]
+    launch(torchrun("child.py", json.dumps(argvs)), tmp_path)
+    for name, (objective, extra) in RUNS.items():
         assert (tmp_path / name / "model.safetensors").is_file(), name
-    for name in set(OBJECTIVES) - RANDOM - {"clip", "smartclip"}:  # those two: the tests above
-        assert_same_weights(tmp_path / name, one_process(clip_dir, tmp_path / f"{name}-one", name))
+        if name not in NOT_COMPARED:
+            assert_same_weights(tmp_path / name, one_process(clip_dir, tmp_path / f"{name}-one", objective, extra))
