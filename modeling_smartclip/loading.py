@@ -33,10 +33,8 @@ def non_finite_weights(model: torch.nn.Module) -> list[str]:
     ]
 
 
-def _mismatch(entry) -> str:
-    """`name (checkpoint [..], model [..])` from a `mismatched_keys` entry `(name, checkpoint shape, model shape)`."""
-    if isinstance(entry, str):
-        return entry
+def _mismatch(entry: tuple) -> str:
+    """`name (checkpoint [..], config [..])` from a `mismatched_keys` entry `(name, checkpoint shape, model shape)`."""
     name, checkpoint_shape, model_shape = entry
     return f"{name} (checkpoint {list(checkpoint_shape)}, config {list(model_shape)})"
 
@@ -51,11 +49,11 @@ def check_loaded(model: torch.nn.Module, loading_info: dict, source: str | PathL
     infinity that loads without any complaint, so every floating-point tensor is checked too.
     """
     problems = [
-        f"{what} {_names(map(_mismatch, loading_info.get(key) or ()))}"
-        for key, what in (
-            ("missing_keys", "missing (would be freshly initialised):"),
-            ("unexpected_keys", "unexpected (would be dropped):"),
-            ("mismatched_keys", "of another shape than the config gives:"),
+        f"{what} {_names(describe(entry) for entry in loading_info[key])}"
+        for key, what, describe in (
+            ("missing_keys", "missing (would be freshly initialised):", str),
+            ("unexpected_keys", "unexpected (would be dropped):", str),
+            ("mismatched_keys", "of another shape than the config gives:", _mismatch),
         )
         if loading_info.get(key)
     ]
