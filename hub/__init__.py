@@ -1,1 +1,1 @@
-"""Publishing SmartCLIP models: Hub push, model card, text-encoder export for transformers and diffusers."""
+"""Publishing SmartCLIP models: Hub push, model card, Space, text-encoder export for transformers and diffusers."""

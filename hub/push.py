@@ -97,7 +97,8 @@ def stage_model(
     Args:
         source: a folder saved by `SmartCLIPModel.save_pretrained`, or a Trainer `checkpoint-N` folder.
         processor: the folder with the processor files, if neither `source` nor its parent has them.
-        results, results_model: the run's results JSON and, if it holds several models, the pushed one's key.
+        results, results_model: the run's results JSON and, if it holds several models, the pushed one's key
+            (default: the run's `eval_results.json`, if it wrote one).
         plots: image files shown on the card (copied to `plots/`).
         base_model, dataset: override what the run's `training_args.json` says.
     """

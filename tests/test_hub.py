@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -626,7 +627,8 @@ def test_push_drops_foreign_custom_pipelines_and_credentials_in_the_folders_json
     shutil.copytree(trained_dir, source)
     _plant(source)
 
-    with pytest.warns(UserWarning, match="custom_pipelines"):
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
         assert _push(hub, source, "tester/planted") == 0
 
     pushed = hub.repo_files("tester/planted")
@@ -635,6 +637,9 @@ def test_push_drops_foreign_custom_pipelines_and_credentials_in_the_folders_json
     assert leaked == []
     assert not any(b"evil" in content for content in pushed.values())
     assert "custom_pipelines" not in json.loads(pushed["config.json"])
+    messages = " ".join(str(warning.message) for warning in warned)  # what was dropped, never the values
+    assert "config.json: custom_pipelines.zero-shot-image-classification" in messages and "config.json: token" in messages
+    assert not any(secret in messages for secret in _secret_values(FOLDER_SECRETS))
     SmartCLIPModel.from_pretrained(source)  # the source folder is left as it was
     assert "custom_pipelines" in json.loads((source / "config.json").read_text())
 
