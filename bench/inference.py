@@ -18,7 +18,7 @@ from smartclip_train.train import resolve_device
 from .cli import main_for, parser
 from .measure import count_flops, profile_difference, time_runs
 from .report import Goal, row, section
-from .towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
+from .towers import add_tower_arguments, random_batch, towers_from_arguments
 
 GOAL = Goal(0.95, at_most=False)
 PIPELINE_GOALS = {"plain": Goal(0.98, at_most=False), "modular": Goal(0.93, at_most=False)}
@@ -47,14 +47,11 @@ def flop_ratio(call, smartclip, clip) -> float:
 
 def run(args) -> dict:
     device = resolve_device(args.device)
-    size_name = "tiny" if args.quick else args.size
     batch_size = 4 if args.quick else args.batch
     text_len = 16 if args.quick else args.text_len
     n_images = 2 if args.quick else args.pipeline_images
     repeats = args.repeats or (1 if args.quick else REPEATS)
-    size = tower_size(size_name)
-    processor = build_processor(size)
-    clip, smartclip = build_models(size, processor, mask_heads=args.mask_heads, mask_width=args.mask_width)
+    size_name, size, processor, clip, smartclip = towers_from_arguments(args)
     clip.to(device).eval()
     smartclip.to(device).eval()
     batch = {k: v.to(device) for k, v in random_batch(size, processor, batch_size, text_len).items()}

@@ -13,7 +13,7 @@ from smartclip_train.train import resolve_device
 from .cli import main_for, parser
 from .measure import count_flops, time_runs
 from .report import row, section
-from .towers import add_tower_arguments, CLIP_TEXT_POSITIONS, build_models, build_processor, random_batch, tower_size
+from .towers import CLIP_TEXT_POSITIONS, add_tower_arguments, random_batch, towers_from_arguments
 
 LONG = 248
 REPEATS = 7
@@ -21,12 +21,9 @@ REPEATS = 7
 
 def run(args) -> dict:
     device = resolve_device(args.device)
-    size_name = "tiny" if args.quick else args.size
     batch_size = 4 if args.quick else args.batch
     repeats = args.repeats or (1 if args.quick else REPEATS)
-    size = tower_size(size_name)
-    processor = build_processor(size)
-    _, smartclip = build_models(size, processor, mask_heads=args.mask_heads, mask_width=args.mask_width)
+    size_name, size, processor, _, smartclip = towers_from_arguments(args)
     smartclip.to(device).eval()
     batches = {
         length: {k: v.to(device) for k, v in random_batch(size, processor, batch_size, length).items()}

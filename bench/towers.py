@@ -100,6 +100,16 @@ def build_models(
     return clip, smartclip
 
 
+def towers_from_arguments(args) -> tuple[str, TowerSize, SmartCLIPProcessor, CLIPModel, SmartCLIPModel]:
+    """What `add_tower_arguments`' flags ask for (the `tiny` towers under `--quick`): `(size_name, size, processor,
+    clip, smartclip)`."""
+    size_name = "tiny" if args.quick else args.size
+    size = tower_size(size_name)
+    processor = build_processor(size)
+    clip, smartclip = build_models(size, processor, mask_heads=args.mask_heads, mask_width=args.mask_width)
+    return size_name, size, processor, clip, smartclip
+
+
 def random_batch(
     size: TowerSize, processor: SmartCLIPProcessor, batch: int, text_len: int, seed: int = 0
 ) -> dict[str, torch.Tensor]:
@@ -116,5 +126,5 @@ def random_batch(
 
 __all__ = [
     "CLIP_TEXT_POSITIONS", "TOWER_SIZES", "TowerSize", "add_tower_arguments", "build_models", "build_processor",
-    "random_batch", "tower_size",
+    "random_batch", "tower_size", "towers_from_arguments",
 ]

@@ -16,7 +16,7 @@ from smartclip_train.train import resolve_device
 from .cli import main_for, parser
 from .measure import count_flops, profile_difference, time_runs
 from .report import Goal, row, section
-from .towers import add_tower_arguments, build_models, build_processor, random_batch, tower_size
+from .towers import add_tower_arguments, random_batch, towers_from_arguments
 
 GOAL = Goal(1.05, at_most=True)
 REPEATS = 7
@@ -39,13 +39,10 @@ def trainer_step(model, optimizer: torch.optim.Optimizer, batch: dict[str, torch
 
 def run(args) -> dict:
     device = resolve_device(args.device)
-    size_name = "tiny" if args.quick else args.size
     batches = [8] if args.quick else args.batch
     text_len = 16 if args.quick else args.text_len
     repeats = args.repeats or (1 if args.quick else REPEATS)
-    size = tower_size(size_name)
-    processor = build_processor(size)
-    clip, smartclip = build_models(size, processor, mask_heads=args.mask_heads, mask_width=args.mask_width)
+    size_name, size, processor, clip, smartclip = towers_from_arguments(args)
     clip.to(device).train()
     smartclip.to(device).train()
     optimizers = {"smartclip": torch.optim.AdamW(smartclip.parameters()), "clip": torch.optim.AdamW(clip.parameters())}

@@ -23,6 +23,7 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt
 
 from modeling_smartclip.configuration_smartclip import SCORINGS
+from smartclip_eval.tables import save_results
 
 from .plots import plot_training_curves
 
@@ -135,10 +136,8 @@ def arguments() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = arguments().parse_args(argv)
     result = run(args)
-    path = args.plots / "accuracy.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    save_results(result, args.plots / "accuracy.json")
+    print(f"wrote {args.plots / 'accuracy.json'}")
     return result
 
 

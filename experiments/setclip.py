@@ -17,7 +17,6 @@ the evaluator (`smartclip_eval.evaluate.evaluate_model`). Towers start from scra
 """
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from smartclip_data.sources import builtin_scenes
 from smartclip_eval.evaluate import evaluate_model
 from smartclip_eval.sets import scene_eval_sets
+from smartclip_eval.tables import save_results
 from smartclip_methods.setclip.train import SetCLIPArguments, run_setclip_training
 from smartclip_train.train import parse_args
 
@@ -140,10 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = arguments().parse_args(argv)
     torch.set_num_threads(args.threads)
     result = run(args)
-    path = args.output_dir / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    save_results(result, args.output_dir / "results.json")
+    print(f"wrote {args.output_dir / 'results.json'}")
     return result
 
 
