@@ -1,5 +1,6 @@
-"""Two gloo processes, each with half the batch, get Sim-CLIP's loss and gradients of one process on the whole batch
-(without the random start, whose draws depend on how the batch is split)."""
+"""Two gloo processes, each with half the batch, get Sim-CLIP's loss and gradients of one process on the whole batch,
+and `torchrun` of `smartclip-train-simclip` ends with one process's weights (without the random start, whose draws
+depend on how the batch is split)."""
 
 import socket
 
@@ -12,7 +13,10 @@ from transformers import CLIPModel
 from modeling_smartclip import SmartCLIPModel
 from smartclip_data.scratch import scratch_clip_config, scratch_processor
 from smartclip_methods.simclip.objective import SimCLIPLoss
+from smartclip_methods.simclip.train import main as simclip_main
 from smartclip_train.trainer import MODEL_INPUTS
+
+from .test_torchrun import PER_DEVICE, assert_same_weights, flags, launch, torchrun
 
 WORLD_SIZE, PER_RANK = 2, 3
 
@@ -76,3 +80,24 @@ def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path):
         assert got.keys() == expected.keys()
         for name, value in expected.items():
             torch.testing.assert_close(got[name], value, rtol=0, atol=1e-9, msg=f"{name} on rank {rank}")
+
+
+# ----- through the real Trainer under torchrun ----------------------------------------------------------------------
+
+SIMCLIP_CHILD = """
+import sys
+from smartclip_methods.simclip.train import main
+
+main(sys.argv[1:])
+"""
+SIMCLIP_FLAGS = ["--simclip_random_start", "False", "--simclip_steps", "2", "--simclip_eps", "8/255"]
+
+
+def test_torchrun_two_processes_equal_one_process(tmp_path, clip_dir):
+    (tmp_path / "child.py").write_text(SIMCLIP_CHILD)
+    launch(torchrun("child.py", *flags(clip_dir, tmp_path / "two", PER_DEVICE), *SIMCLIP_FLAGS), tmp_path)
+    simclip_main(flags(clip_dir, tmp_path / "one", WORLD_SIZE * PER_DEVICE) + SIMCLIP_FLAGS)
+    assert_same_weights(tmp_path / "two", tmp_path / "one")
+    two, start = load_file(tmp_path / "two" / "model.safetensors"), SmartCLIPModel.from_clip(clip_dir).state_dict()
+    assert not torch.equal(two["visual_projection.weight"], start["visual_projection.weight"])  # it trained
+    assert torch.equal(two["text_projection.weight"], start["text_projection.weight"])  # and only the image side

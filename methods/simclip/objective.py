@@ -54,9 +54,10 @@ class SimCLIPLoss(TrainingLoss):
     the batch's own `pixel_values`. The loss is a mean over images of per-image terms, so under several processes
     the mean of the ranks' losses (and DDP's mean of their gradients) is the loss of the global batch: no gather.
 
-    Only the vision tower and its projection get gradients: the text tower's outputs are never read and the mask
-    head never runs (`needs_text_masks = False`). `scoring`, `config_loss_type` and `trains_mask_head` are the
-    starting model's (`from_model`), so the saved config still says how it scores and whether its head was trained.
+    Only the vision tower and its projection get gradients: the text tower's outputs and `logit_scale` are never
+    read and the mask head never runs (`needs_text_masks = False`); `smartclip-train-simclip` freezes them all.
+    `scoring`, `config_loss_type` and `trains_mask_head` are the starting model's (`from_model`), so the saved config
+    still says how it scores and whether its head was trained (the command freezes the head either way).
 
     Args:
         teacher: the frozen `ImageEncoder` (`ImageEncoder.frozen_copy` of the starting model).
@@ -67,6 +68,7 @@ class SimCLIPLoss(TrainingLoss):
     """
 
     needs_text_masks = False
+    trains_logit_scale = False
 
     def __init__(
         self,

@@ -4,16 +4,21 @@ Every `smartclip-train` flag works; Sim-CLIP's own flags are the `--simclip_*` o
 defaults (eps 4/255, 10 steps of 1/255, momentum 0.9, random start, no symmetric or clean term). The core trainer
 knows nothing of Sim-CLIP: this script hands `run_training` the objective. The teacher is the starting checkpoint
 (`--model_name_or_path`, a CLIP or SmartCLIP), loaded once more here, so a resumed run still compares with it;
-the text tower is frozen (no Sim-CLIP term reads it), and the saved folder is the fine-tuned model alone.
+everything but the image encoder is frozen (no Sim-CLIP term reads it), and the saved folder is the fine-tuned
+model alone.
 
     smartclip-train-simclip --model_name_or_path outputs/compare/pretrained --output_dir outputs/simclip \
         --simclip_eps 4/255 --learning_rate 1e-5 --per_device_train_batch_size 64 --max_steps 2000
 """
 
-import sys
 from dataclasses import dataclass, field
 
+from accelerate.utils import extract_model_from_parallel
+from transformers import TrainerCallback
+
 from smartclip_eval.robust import check_attack, parse_eps
+from smartclip_train.cli import user_errors
+from smartclip_train.distributed import shut_down
 from smartclip_train.train import load_starting_model, parse_args, run_training, set_up_logging
 
 from .objective import SimCLIPLoss
@@ -48,6 +53,17 @@ class SimCLIPArguments:
         return attack
 
 
+class TrainImageEncoderOnly(TrainerCallback):
+    """Freezes every parameter but the vision tower and its projection once the Trainer is built, before it makes its
+    optimizer and its DDP wrapper: no Sim-CLIP term reaches the others, and DDP (run without a search for unused
+    parameters) needs a gradient for every trainable one."""
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        for name, param in extract_model_from_parallel(model).named_parameters():
+            if not name.startswith(("vision_model.", "visual_projection.")):
+                param.requires_grad_(False)
+
+
 def run_simclip_training(model_args, data_args, training_args, simclip_args: SimCLIPArguments, **kwargs) -> dict:
     """`run_training` with Sim-CLIP's objective; `kwargs` go to `run_training` (e.g. `eval_fn`)."""
     attack = simclip_args.attack()
@@ -61,23 +77,21 @@ def run_simclip_training(model_args, data_args, training_args, simclip_args: Sim
         clean_weight=simclip_args.simclip_clean_weight, **attack,
     )
     del teacher_model  # the objective keeps a copy of its image encoder only
-    model_args.freeze_text_model = True
-    return run_training(model_args, data_args, training_args, objective=objective, **kwargs)
+    callbacks = [TrainImageEncoderOnly(), *kwargs.pop("callbacks", [])]
+    return run_training(model_args, data_args, training_args, objective=objective, callbacks=callbacks, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console script `smartclip-train-simclip`; bad input is a one-line error and exit status 2."""
-    model_args, data_args, training_args, simclip_args = parse_args(argv, extra_arguments=(SimCLIPArguments,))
-    set_up_logging(training_args)
-    try:
+    with user_errors("smartclip-train-simclip"):
+        model_args, data_args, training_args, simclip_args = parse_args(argv, extra_arguments=(SimCLIPArguments,))
+        set_up_logging(training_args)
         run_simclip_training(model_args, data_args, training_args, simclip_args)
-    except ValueError as error:
-        print(f"smartclip-train-simclip: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    shut_down()  # under torchrun or accelerate launch: the group ends here, not in the interpreter's exit
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__ = ["SimCLIPArguments", "main", "run_simclip_training"]
+__all__ = ["SimCLIPArguments", "TrainImageEncoderOnly", "main", "run_simclip_training"]
