@@ -9,8 +9,10 @@ before training (every image is decoded once, in `preprocessing_num_workers` pro
 row is an error; streamed datasets are checked lazily as they are read, so their counts cover what training read.
 """
 
+import csv
 import functools
 import io
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -133,6 +135,12 @@ class DataArguments:
         for flag, path in (("train_file", self.train_file), ("validation_file", self.validation_file)):
             if path is not None and Path(path).suffix.lstrip(".").lower() not in DATA_FILE_BUILDERS:
                 raise ValueError(f"--{flag}={path!r}; expected a .csv, .json or .jsonl file.")
+            # (a URL or a glob pattern is left to `datasets`)
+            if path is not None and "://" not in path and not set("*?[") & set(path) and not Path(path).is_file():
+                raise ValueError(f"--{flag}={path!r} does not exist (or is not a file).")
+        for flag in ("num_train_scenes", "num_test_scenes", "max_train_samples", "max_eval_samples"):
+            if getattr(self, flag) is not None and getattr(self, flag) < 1:
+                raise ValueError(f"--{flag}={getattr(self, flag)}; expected at least 1.")
         if self.max_seq_length is not None and self.max_seq_length < 2:
             raise ValueError(f"--max_seq_length={self.max_seq_length}; expected at least 2 (start and end tokens).")
 
@@ -290,6 +298,37 @@ def _first_bad_utf8_line(paths: list[Path]) -> str | None:
     return None
 
 
+def _first_malformed_row(path: Path) -> str | None:
+    """`"<file>, line <n>: ..."` for the first row of a csv or json(-lines) file that cannot be a row, else None."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv":
+        rows = csv.reader(io.StringIO(text, newline=""))
+        try:
+            header = next(rows, [])
+            for row in rows:
+                if len(row) > len(header):
+                    return f"{path}, line {rows.line_num}: {len(row)} fields; the header has {len(header)}"
+        except csv.Error as error:
+            return f"{path}, line {rows.line_num}: {error}"
+        return None
+    try:
+        json.loads(text)
+        return None  # one JSON document
+    except json.JSONDecodeError as error:
+        if error.msg != "Extra data":  # not JSON lines either: the document's own error
+            return f"{path}, line {error.lineno}: not JSON ({error.msg} at column {error.colno})"
+    for number, line in enumerate(text.splitlines(), start=1):  # JSON lines: one object per line
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"{path}, line {number}: not JSON ({error.msg} at column {error.colno})"
+        if not isinstance(row, dict):
+            return f"{path}, line {number}: a JSON {type(row).__name__}; expected an object (one row)"
+    return None
+
+
 def _text_files(args: DataArguments) -> list[Path]:
     """The local text files a source may read rows or metadata from: the data files, or those in its folders."""
     files = [Path(path) for path in (args.train_file, args.validation_file) if path is not None]
@@ -320,9 +359,14 @@ def _load_dataset(args: DataArguments, split: str, **hub_kwargs) -> Dataset | It
         while cause is not None and not isinstance(cause, UnicodeDecodeError):
             cause = cause.__cause__ or cause.__context__
         bad_line = _first_bad_utf8_line(_text_files(args)) if cause is not None else None
-        if bad_line is None:
+        if bad_line is not None:
+            raise ValueError(f"{bad_line}; the file must be UTF-8 text.") from error
+        # `datasets` names neither the file nor the line of a row its csv or json reader rejects.
+        data_file = {"train": args.train_file, "validation": args.validation_file}.get(split)
+        bad_row = _first_malformed_row(Path(data_file)) if data_file and Path(data_file).is_file() else None
+        if bad_row is None:
             raise
-        raise ValueError(f"{bad_line}; the file must be UTF-8 text.") from error
+        raise ValueError(f"{bad_row}.") from error
 
 
 def load_source(args: DataArguments, split: str, **hub_kwargs) -> Dataset | IterableDataset:

@@ -656,6 +656,14 @@ def serve(app: gr.Blocks, host: str, port: int | None, prevent_thread_lock: bool
     )
 
 
+def port_number(text: str) -> int:
+    """`--port`'s type: a TCP port, 1 to 65535."""
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port; expected 1 to 65535")
+    return port
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="smartclip-demo",
@@ -671,7 +679,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="address to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1: this machine only).",
     )
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+        "--port", type=port_number, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
         help="port to serve on (default: $GRADIO_SERVER_PORT, else 7860).",
     )
     parser.add_argument(
@@ -684,27 +692,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script `smartclip-demo`: loads the model and the gallery, then serves until interrupted."""
+    """Console script `smartclip-demo`: loads the model and the gallery, then serves until interrupted. A user error
+    is one line on stderr and exit status 2, as `smartclip_train.cli.user_errors` makes it for the other commands
+    (this file runs alone in a Space, without the package)."""
     args = parse_args(argv)
-    source = args.model or default_model_source()
-    if source == DEFAULT_MODEL_DIR and not Path(source).is_dir():
-        sys.exit(
-            f"smartclip-demo: no model at {DEFAULT_MODEL_DIR}. Make it with `smartclip-compare` (trains CLIP and "
-            "SmartCLIP on the built-in scenes and saves it there), or pass --model PATH_OR_REPO_ID."
-        )
     try:
+        source = args.model or default_model_source()
+        if source == DEFAULT_MODEL_DIR and not Path(source).is_dir():
+            raise ValueError(
+                f"no model at {DEFAULT_MODEL_DIR}. Make it with `smartclip-compare` (trains CLIP and SmartCLIP on the "
+                "built-in scenes and saves it there), or pass --model PATH_OR_REPO_ID."
+            )
         gallery = resolve_gallery(args.gallery)
+        try:
+            demo = SmartCLIPDemo.from_pretrained(source, gallery)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"could not load the model {source}: {error}") from error
+        print(f"smartclip-demo: model {source}; gallery: {gallery.summary() if gallery else 'none'}")
+        try:
+            serve(build_app(demo), args.host, args.port)
+        except OSError as error:  # the port is taken or the address is not this machine's
+            raise OSError(f"cannot serve on {args.host}:{args.port}: {error}") from error
     except (OSError, ValueError) as error:
-        sys.exit(f"smartclip-demo: {error}")
-    try:
-        demo = SmartCLIPDemo.from_pretrained(source, gallery)
-    except (OSError, ValueError) as error:
-        sys.exit(f"smartclip-demo: could not load the model {source}: {error}")
-    print(f"smartclip-demo: model {source}; gallery: {gallery.summary() if gallery else 'none'}")
-    try:
-        serve(build_app(demo), args.host, args.port)
-    except OSError as error:  # the port is taken or the address is not this machine's
-        sys.exit(f"smartclip-demo: cannot serve on {args.host}:{args.port}: {error}")
+        print(f"smartclip-demo: error: {' '.join(str(error).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import argparse
 import hashlib
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from modeling_smartclip.configuration_smartclip import SCORINGS
 from modeling_smartclip.loading import load_model_and_processor
 from smartclip_data.scenes import make_scenes
 from smartclip_data.sources import DataArguments, load_source
+from smartclip_train.cli import raise_parse_errors, user_errors
 
 from .evaluate import evaluate_model
 from .image_retrieval import image_retrieval_set_from_dataset, scene_image_retrieval_set
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="smartclip-eval", description=__doc__.split("\n\n")[0])
+    parser = raise_parse_errors(argparse.ArgumentParser(prog="smartclip-eval", description=__doc__.split("\n\n")[0]))
     parser.add_argument("--model", required=True, help="SmartCLIP folder, or a CLIP folder / Hub id (converted)")
     parser.add_argument("--builtin", action="store_true", help="built-in scenes test split (default without data)")
     parser.add_argument("--num_test_scenes", type=int, default=1000)
@@ -82,6 +82,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             check_attack(eps, args.attack_steps, where=f"--attack {args.attack} --attack_steps")
     except ValueError as error:
         parser.error(str(error))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}, but torch sees no CUDA device; use --device cpu.")
     if bool(args.coco_json) != bool(args.coco_images):
         parser.error("--coco_json and --coco_images go together.")
     if args.dataset and not (args.caption_column or args.label_column or args.i2i_label_column):
@@ -186,12 +188,10 @@ def run(argv: Sequence[str] | None = None) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console script `smartclip-eval`: exit status 0 on success; a bad input is one line on stderr, status 1."""
+    """Console script `smartclip-eval`: exit status 0 on success; a user error is one line on stderr, status 2."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    try:
+    with user_errors("smartclip-eval"):
         run(argv)
-    except (OSError, ValueError) as error:
-        sys.exit(f"smartclip-eval: {error}")
 
 
 __all__ = ["choose_split", "describe_model", "eval_sets_from_args", "main", "parse_args", "run"]

@@ -85,7 +85,7 @@ def train(args: ExperimentArguments, output_dir: Path, data_args: DataArguments,
         logging_steps=max(1, steps // 10), save_strategy="no", report_to=[], seed=args.seed,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True,
     )
-    model_args = ModelArguments(objective=objective, mask_learning_rate=args.learning_rate)
+    model_args = ModelArguments(objective=objective, mask_learning_rate=args.learning_rate, from_scratch=True)
     return run_training(model_args, data_args, training_args, eval_fn=eval_fn)
 
 

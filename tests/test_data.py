@@ -88,7 +88,7 @@ def test_missing_or_unset_columns_are_clear_errors(imagefolder):
 def test_training_on_imagefolder_finishes_and_reports_corrupt_image_and_empty_caption(imagefolder, tmp_path):
     output_dir = tmp_path / "out"
     main([
-        "--dataset_name", "imagefolder", "--data_dir", str(imagefolder),
+        "--dataset_name", "imagefolder", "--data_dir", str(imagefolder), "--from_scratch",
         "--output_dir", str(output_dir), "--max_steps", "2", "--per_device_train_batch_size", "2", "--use_cpu",
         "--report_to", "none", "--scratch_hidden_size", "32", "--scratch_num_layers", "1",
         "--scratch_projection_dim", "16", "--mask_num_attention_heads", "4", "--disable_tqdm", "true",

@@ -247,26 +247,32 @@ def test_without_a_model_it_says_how_to_make_one(tmp_path):
     assert "Traceback" not in finished.stderr
 
 
-def test_a_model_that_cannot_be_loaded_is_a_message(tmp_path):
+def demo_error(argv: list[str], capsys) -> str:
+    """The one line `smartclip-demo` ends with on stderr; fails unless it exits with status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        demo_app.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_model_that_cannot_be_loaded_is_a_message(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "gallery").mkdir()
     (tmp_path / "gallery" / "captions.txt").write_text("a red circle\n")
-    with pytest.raises(SystemExit) as exit_info:
-        demo_app.main(["--model", str(tmp_path / "empty"), "--gallery", str(tmp_path / "missing")])
-    assert "--gallery" in str(exit_info.value.code) and "not a folder" in str(exit_info.value.code)
-    with pytest.raises(SystemExit) as exit_info:
-        demo_app.main(["--model", str(tmp_path / "empty"), "--gallery", str(tmp_path / "gallery")])
-    assert "could not load the model" in str(exit_info.value.code)
+    error = demo_error(["--model", str(tmp_path / "empty"), "--gallery", str(tmp_path / "missing")], capsys)
+    assert "--gallery" in error and "not a folder" in error
+    error = demo_error(["--model", str(tmp_path / "empty"), "--gallery", str(tmp_path / "gallery")], capsys)
+    assert error.startswith("smartclip-demo: error: could not load the model")
 
 
-def test_a_taken_port_is_a_message(served):
+def test_a_taken_port_is_a_message(served, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(SystemExit) as exit_info:
-            demo_app.main(["--model", str(served.model_dir), "--gallery", str(served.gallery_dir), "--port", str(port)])
-    assert f"cannot serve on 127.0.0.1:{port}" in str(exit_info.value.code)
+        error = demo_error(["--model", str(served.model_dir), "--gallery", str(served.gallery_dir), "--port", str(port)],
+                           capsys)
+    assert f"cannot serve on 127.0.0.1:{port}" in error
 
 
 def third_party_imports(source: str) -> set[str]:
@@ -358,7 +364,7 @@ def test_imagefolder_gallery_uses_the_training_reader_for_its_captions(tmp_path)
     assert gallery.skipped == ["huge.png"]
 
 
-def test_a_checkpoint_with_missing_weights_does_not_load(served, tmp_path):
+def test_a_checkpoint_with_missing_weights_does_not_load(served, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(served.model_dir, broken)
     state = load_file(broken / "model.safetensors")
@@ -366,6 +372,5 @@ def test_a_checkpoint_with_missing_weights_does_not_load(served, tmp_path):
     save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="missing .*: logit_scale"):
         demo_app.SmartCLIPDemo.from_pretrained(str(broken))
-    with pytest.raises(SystemExit) as exit_info:
-        demo_app.main(["--model", str(broken), "--gallery", str(served.gallery_dir)])
-    assert "could not load the model" in str(exit_info.value.code) and "logit_scale" in str(exit_info.value.code)
+    error = demo_error(["--model", str(broken), "--gallery", str(served.gallery_dir)], capsys)
+    assert "could not load the model" in error and "logit_scale" in error

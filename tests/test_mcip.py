@@ -178,7 +178,7 @@ def labelled_folder(tmp_path):
 @pytest.mark.parametrize("column, expected", [("klass", "is not a column"), ("name", "not integer class labels")])
 def test_a_missing_or_non_integer_label_column_is_a_one_line_error(labelled_folder, tmp_path, capsys, column, expected):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--stage", "gpr", "--dataset_name", str(labelled_folder), "--label_column", column,
+        main(["--stage", "gpr", "--dataset_name", str(labelled_folder), "--label_column", column, "--from_scratch",
               "--output_dir", str(tmp_path / "run"), *TINY])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]

@@ -95,8 +95,12 @@ def test_do_eval_alone_evaluates_the_starting_model(tmp_path, clip_dir, data_fil
 
 
 def test_cli_errors_are_one_line(tmp_path, data_files, capsys):
-    with pytest.raises(SystemExit, match=r"smartclip-train: error: Split 'validation' not found in the data files"):
-        main(["--train_file", str(data_files[0]), "--do_eval", "--output_dir", str(tmp_path / "out"), "--use_cpu"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--train_file", str(data_files[0]), "--do_eval", "--output_dir", str(tmp_path / "out"), "--use_cpu",
+              "--from_scratch"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("smartclip-train: error: Split 'validation' not found in the data files")
 
 
 def test_best_model_at_end_is_picked_by_text_to_image_recall(tmp_path):

@@ -188,7 +188,8 @@ def test_every_command_names_a_corrupt_weights_file_in_one_line(tmp_path, comman
         with pytest.raises(SystemExit) as exit_info:
             train_main(["--model_name_or_path", source, "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
                         "--use_cpu", "--report_to", "none"])
-        message = str(exit_info.value.code)
+        assert exit_info.value.code == 2
+        message = capsys.readouterr().err.strip().splitlines()[-1]
     else:
         argv = [source, "me/model", "--dry-run", "--staging_dir", str(tmp_path / "stage")] if command == "smartclip-push" \
             else [source, str(tmp_path / "export")]

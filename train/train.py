@@ -36,6 +36,7 @@ from smartclip_data.sources import DataArguments, DropCounter, load_split
 from smartclip_hub.card import write_model_card
 from smartclip_hub.secrets import scrub
 
+from .cli import raise_parse_errors, unknown_flags_error, user_errors
 from .collator import CaptionCollator, CaptionEpochCallback
 from .distributed import shut_down
 from .objectives import OBJECTIVES, TrainingLoss
@@ -62,6 +63,11 @@ class ModelArguments:
         default=None,
         metadata={"help": "A CLIP checkpoint (converted on the fly), a SmartCLIP checkpoint, or None: small towers "
                   "from scratch for the built-in scenes."},
+    )
+    from_scratch: bool = field(
+        default=False,
+        metadata={"help": "Train small random towers (the --scratch_* sizes, the built-in scenes' word tokenizer) on "
+                  "your own data instead of starting from --model_name_or_path."},
     )
     processor_name_or_path: str | None = field(
         default=None, metadata={"help": "Processor source; default: the model's."}
@@ -136,6 +142,14 @@ class ModelArguments:
         """`token` and `cache_dir` as Hub downloads take them (only the ones set)."""
         return {name: getattr(self, name) for name in ("token", "cache_dir") if getattr(self, name) is not None}
 
+    def __post_init__(self):
+        if self.from_scratch and self.model_name_or_path is not None:
+            raise ValueError(
+                f"--from_scratch and --model_name_or_path={self.model_name_or_path!r}: expected one starting model."
+            )
+        if self.mask_learning_rate < 0:
+            raise ValueError(f"--mask_learning_rate={self.mask_learning_rate}; expected a learning rate >= 0.")
+
 
 @dataclass
 class SmartCLIPTrainingArguments(TrainingArguments):
@@ -147,6 +161,11 @@ class SmartCLIPTrainingArguments(TrainingArguments):
                   "without it such a folder is refused unless --resume_from_checkpoint is given."},
     )
 
+    def __post_init__(self):
+        if self.output_dir is not None and Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ValueError(f"--output_dir={str(self.output_dir)!r} is a file; expected a folder (new or existing).")
+        super().__post_init__()
+
 
 # ----- model ------------------------------------------------------------------------------------------------------
 
@@ -156,7 +175,26 @@ def local_snapshot(path: str, args: ModelArguments) -> str:
     `--token` / `--cache_dir`: the loader flags stay with the download and never reach a config."""
     if Path(path).is_dir():
         return path
-    return snapshot_download(path, revision=args.model_revision, allow_patterns=list(MODEL_FILES), **args.hub_kwargs())
+    try:
+        return snapshot_download(path, revision=args.model_revision, allow_patterns=list(MODEL_FILES),
+                                 **args.hub_kwargs())
+    except OSError as error:  # the Hub's message does not name what it looked for
+        message = f"{path!r} is not a local folder, and no Hub repo of that name could be downloaded: {error}"
+        raise OSError(message) from error
+
+
+def check_starting_model(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """Your own data needs a starting model, or `--from_scratch` said out loud: small random towers with the built-in
+    scenes' word tokenizer would otherwise train on captions whose words that tokenizer spells letter by letter."""
+    if model_args.model_name_or_path is not None or model_args.from_scratch or data_args.builtin:
+        return
+    source = "--dataset_name" if data_args.dataset_name is not None else (
+        "--train_file" if data_args.train_file is not None else "--validation_file")
+    raise ValueError(
+        f"{source} without --model_name_or_path: pass --model_name_or_path (a CLIP or SmartCLIP folder or Hub id, "
+        "e.g. openai/clip-vit-base-patch16), or --from_scratch to train small random towers with the built-in "
+        "scenes' word tokenizer."
+    )
 
 
 def load_starting_model(args: ModelArguments) -> tuple[SmartCLIPModel, SmartCLIPProcessor]:
@@ -283,6 +321,7 @@ def run_training(
         (`{split: {reason: count}}`), `log_history`, `evaluation`.
     """
     # Phase 1: settings this pipeline relies on.
+    check_starting_model(model_args, data_args)
     training_args.remove_unused_columns = False  # the collator reads the image and caption columns itself
     if training_args.ddp_find_unused_parameters is None:
         # The Trainer's default (True) has DDP mark, at the end of `forward`, every parameter that `forward`'s outputs
@@ -400,13 +439,16 @@ def run_training(
 def parse_flags_or_file(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple:
     """One instance of each `HfArgumentParser` dataclass, from command-line flags or a single `.json` / `.yaml`
     file holding them."""
-    parser = HfArgumentParser(dataclass_types)
+    parser = raise_parse_errors(HfArgumentParser(dataclass_types))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(argv[0])
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
         return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise unknown_flags_error(unknown, parser)
+    return tuple(parsed)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -427,14 +469,12 @@ def parse_args(argv: list[str] | None = None, extra_arguments: tuple[type, ...] 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script `smartclip-train`."""
-    model_args, data_args, training_args = parse_args(argv)
-    set_up_logging(training_args)
-    try:
+    """Console script `smartclip-train`: status 0 on success; a user error is one line on stderr, status 2."""
+    with user_errors("smartclip-train"):
+        model_args, data_args, training_args = parse_args(argv)
+        set_up_logging(training_args)
         run_training(model_args, data_args, training_args)
         shut_down()  # under torchrun or accelerate launch: the group ends here, not in the interpreter's exit
-    except ValueError as error:  # bad input: one line naming it, not a traceback
-        sys.exit(f"smartclip-train: error: {error}")
 
 
 def set_up_logging(training_args: TrainingArguments) -> None:
@@ -453,6 +493,7 @@ __all__ = [
     "DataArguments",
     "SmartCLIPTrainingArguments",
     "caption_processor",
+    "check_starting_model",
     "freeze_position_rows",
     "freeze_towers",
     "load_starting_model",

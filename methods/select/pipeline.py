@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from modeling_smartclip.configuration_smartclip import SCORINGS
 from modeling_smartclip.loading import load_model_and_processor
 from smartclip_data.sources import DataArguments, check_columns, column_names, load_source
+from smartclip_train.cli import user_errors
 from smartclip_train.train import parse_flags_or_file, resolve_device
 
 from .embed import CAPTIONS, EmbeddingCache, embed_rows, fingerprint, pair_caption, teacher_fingerprint
@@ -292,7 +293,10 @@ def run_selection(args: SelectArguments, data_args: DataArguments, on_block=None
     device = resolve_device(args.device)
 
     # Phase 1: the teacher.
-    model, processor = load_model_and_processor(args.teacher, args.processor_name_or_path)
+    try:
+        model, processor = load_model_and_processor(args.teacher, args.processor_name_or_path)
+    except OSError as error:  # transformers' message for a missing folder or Hub repo does not name it
+        raise OSError(f"--teacher {args.teacher!r}: {error}") from error
     model.to(device).eval()
     if args.scoring == "modular" and not model.config.mask_head_trained:
         raise ValueError(
@@ -406,17 +410,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[SelectArguments, DataArgu
     return parse_flags_or_file((SelectArguments, DataArguments), argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Console script `smartclip-select`."""
+def main(argv: list[str] | None = None) -> None:
+    """Console script `smartclip-select`: status 0 and a summary on stdout on success (returning nothing: the
+    console script exits with what `main` returns); a user error is one line on stderr, status 2."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
+    with user_errors("smartclip-select"):
         select_args, data_args = parse_args(argv)
         report = run_selection(select_args, data_args)
-    except ValueError as error:
-        raise SystemExit(f"smartclip-select: {error}") from None
     counts = report["counts"]
-    print(json.dumps({"counts": counts, "cuts": report["cuts"], "data": report["outputs"]["data"]}, indent=2))
-    return report
+    dropped = ", ".join(f"{counts[name]} {name}" for name in DECISIONS[1:])
+    print(f"Kept {counts['kept']} of {counts['usable']} usable pairs of {counts['pool']} ({dropped}).")
+    print(f"Kept rows: {report['outputs']['data']}; report: {Path(select_args.output_dir, 'report.json')}")
 
 
 if __name__ == "__main__":

@@ -107,10 +107,11 @@ def run_setclip_training(model_args, data_args, training_args, setclip_args: Set
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script `smartclip-train-setclip`."""
-    model_args, data_args, training_args, setclip_args = parse_args(argv, extra_arguments=(SetCLIPArguments,))
-    set_up_logging(training_args)
-    run_setclip_training(model_args, data_args, training_args, setclip_args)
+    """Console script `smartclip-train-setclip`: status 0 on success; a user error is one line on stderr, status 2."""
+    with user_errors("smartclip-train-setclip"):
+        model_args, data_args, training_args, setclip_args = parse_args(argv, extra_arguments=(SetCLIPArguments,))
+        set_up_logging(training_args)
+        run_setclip_training(model_args, data_args, training_args, setclip_args)
     shut_down()  # under torchrun or accelerate launch: the group ends here, not in the interpreter's exit
 
 
