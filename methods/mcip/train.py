@@ -10,11 +10,11 @@ class proxies.
     smartclip-train-mcip --stage gpr --dataset_name my/products --label_column class_id ...
 """
 
-import sys
 from dataclasses import dataclass, field
 
 from transformers import TrainerCallback
 
+from smartclip_train.cli import user_errors
 from smartclip_train.collator import CaptionCollator
 from smartclip_train.objectives import CLIPLoss, TrainingLoss
 from smartclip_train.train import DataStep, parse_args, run_training, set_up_logging
@@ -117,14 +117,11 @@ def run_mcip_training(model_args, data_args, training_args, mcip_args: MCIPArgum
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script `smartclip-train-mcip`."""
-    model_args, data_args, training_args, mcip_args = parse_args(argv, extra_arguments=(MCIPArguments,))
-    set_up_logging(training_args)
-    try:
+    """Console script `smartclip-train-mcip`: status 0 on success; a user error is one line on stderr, status 2."""
+    with user_errors("smartclip-train-mcip"):
+        model_args, data_args, training_args, mcip_args = parse_args(argv, extra_arguments=(MCIPArguments,))
+        set_up_logging(training_args)
         run_mcip_training(model_args, data_args, training_args, mcip_args)
-    except ValueError as error:  # bad input: one line naming it, not a traceback
-        print(f"smartclip-train-mcip: error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
