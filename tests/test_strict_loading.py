@@ -11,6 +11,10 @@ from safetensors.torch import load_file, save_file
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor, loading
 from modeling_smartclip.loading import load_model_and_processor
+from smartclip_eval.cli import main as eval_main
+from smartclip_hub.push import main as push_main
+from smartclip_methods.select.pipeline import main as select_main
+from smartclip_train.train import main as train_main
 
 HEAD_LOGITS = "mask_head.to_logits.weight"
 
@@ -121,23 +125,18 @@ def test_lenient_loading_is_opt_in(smartclip_dir, tmp_path):
     assert model.mask_head.to_logits.weight.shape[0] == model.config.projection_dim
 
 
-def command_runs():
-    """`(name, run(folder, tmp_path))` for each command that loads a model: eval, train and select."""
-    from smartclip_eval.cli import main as eval_main
-    from smartclip_methods.select.pipeline import main as select_main
-    from smartclip_train.train import main as train_main
-
-    return [
-        ("smartclip-eval", lambda folder, tmp: eval_main(["--model", str(folder), "--output", str(tmp / "r.json")])),
-        ("smartclip-train", lambda folder, tmp: train_main([
-            "--model_name_or_path", str(folder), "--output_dir", str(tmp / "out"), "--max_steps", "1",
-            "--use_cpu", "true", "--report_to", "none"])),
-        ("smartclip-select", lambda folder, tmp: select_main([
-            "--teacher", str(folder), "--output_dir", str(tmp / "out"), "--progress", "false"])),
-    ]
+def command_line(command: str, folder, tmp) -> tuple:
+    """`(main, argv)` of each command that loads a model: eval, train, select, and push's dry run."""
+    return {
+        "eval": (eval_main, ["--model", str(folder), "--output", str(tmp / "r.json")]),
+        "train": (train_main, ["--model_name_or_path", str(folder), "--output_dir", str(tmp / "out"),
+                               "--max_steps", "1", "--use_cpu", "true", "--report_to", "none"]),
+        "select": (select_main, ["--teacher", str(folder), "--output_dir", str(tmp / "out"), "--progress", "false"]),
+        "push": (push_main, [str(folder), "me/smartclip", "--dry-run", "--staging_dir", str(tmp / "staging")]),
+    }[command]
 
 
-@pytest.mark.parametrize("command", range(3), ids=["eval", "train", "select"])
+@pytest.mark.parametrize("command", ["eval", "train", "select", "push"])
 @pytest.mark.parametrize("defect", ["missing_weight", "no_tokenizer"])
 def test_commands_refuse_a_folder_that_does_not_load_exactly(smartclip_dir, tmp_path, capsys, command, defect):
     def drop(weights):
@@ -149,10 +148,12 @@ def test_commands_refuse_a_folder_that_does_not_load_exactly(smartclip_dir, tmp_
     else:
         folder = altered_copy(smartclip_dir, tmp_path / "f", remove=("tokenizer.json",))
         named = "tokenizer.json"
-    name, run = command_runs()[command]
-    with pytest.raises(SystemExit) as exit_:
-        run(folder, tmp_path)
-    code, stderr = exit_.value.code, capsys.readouterr().err
+    main, argv = command_line(command, folder, tmp_path)
+    try:
+        code = main(argv)  # push returns its status
+    except SystemExit as exit_:
+        code = exit_.code
+    stderr = capsys.readouterr().err
     # the message itself (sys.exit(message)), or a status with the message as stderr's last line
     message = code if isinstance(code, str) else stderr.strip().splitlines()[-1]
-    assert code not in (0, None) and named in message and "Traceback" not in stderr, (name, message)
+    assert code not in (0, None) and named in message and "Traceback" not in stderr, message
