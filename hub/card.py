@@ -39,6 +39,7 @@ LOCAL_DATASET = "a local dataset (not published)"
 FROM_SCRATCH = "none (towers trained from scratch)"
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")  # the Trainer's; its run folder holds what was saved once per run
+PROCESSOR_FILE = "processor_config.json"
 # What a training run records beside its model, which the card reads and a Hub-ready copy of the model carries.
 RUN_RECORD_FILES = ("training_args.json", "trainer_state.json", TRAINER_RESULTS)
 
@@ -283,6 +284,18 @@ def run_folders(model_dir: Path) -> list[Path]:
     return [model_dir, model_dir.parent] if CHECKPOINT_NAME.fullmatch(model_dir.name) else [model_dir]
 
 
+def processor_folder(source: Path, processor: Path | None = None) -> Path:
+    """Where the processor files are: `processor` if given, else the first of `run_folders(source)` holding them."""
+    candidates = [processor] if processor is not None else run_folders(source)
+    for folder in candidates:
+        if (folder / PROCESSOR_FILE).is_file():
+            return folder
+    raise ValueError(
+        f"No {PROCESSOR_FILE} in {' or '.join(str(c) for c in candidates)}; pass the folder that holds the "
+        "processor with --processor."
+    )
+
+
 def recorded_results(model_dir: Path, config: SmartCLIPConfig) -> list[Measurement] | None:
     """The Trainer's `eval_results.json` of `model_dir`'s run (`read_trainer_results`), `None` if there is none."""
     path = next((folder / TRAINER_RESULTS for folder in run_folders(model_dir) if (folder / TRAINER_RESULTS).is_file()), None)
@@ -292,14 +305,18 @@ def recorded_results(model_dir: Path, config: SmartCLIPConfig) -> list[Measureme
 
 
 def write_model_card(
-    model_dir: str | Path, results: str | Path | dict | None = None, *, repo_id: str | None = None
+    model_dir: str | Path,
+    results: str | Path | dict | None = None,
+    *,
+    model_key: str | None = None,
+    repo_id: str | None = None,
 ) -> Path:
     """Writes into `model_dir` the `README.md` card that `smartclip-push` would upload with it; returns its path.
 
     Called at the end of a training run, so that the output folder is Hub-ready as it is. The card is filled from
     the folder's `config.json` and `training_args.json` (see `read_run_record`) and `results` (a results file or
-    the same object, as `parse_results` reads it; `None`: the run's `eval_results.json` if it wrote one, else the
-    card says no results were recorded). The folder's JSON files keep only this package's own code pointers
+    the same object, as `parse_results` reads it, with `model_key` naming this model in a several-model one; `None`:
+    the run's `eval_results.json` if it wrote one, else the card says no results were recorded). The folder's JSON files keep only this package's own code pointers
     (`strip_foreign_code` warns about any other). `repo_id` names the model in the card's code; default
     `<your-namespace>/<folder name>`.
     """
@@ -308,9 +325,9 @@ def write_model_card(
         raise ValueError(f"{model_dir} is not a saved model folder: it has no config.json.")
     config = SmartCLIPConfig.from_pretrained(model_dir)
     if isinstance(results, dict):
-        measurements, model_key = parse_results(results)
+        measurements, model_key = parse_results(results, model_key)
     elif results is not None:
-        measurements, model_key = read_results(results)
+        measurements, model_key = read_results(results, model_key)
     else:
         measurements, model_key = recorded_results(model_dir, config), None
     card = build_model_card(
@@ -335,7 +352,7 @@ def save_hub_ready(
     folder it leaves ready to push.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    model, processor = load_model_and_processor(run_dir, strict=True)
+    model, processor = load_model_and_processor(run_dir, processor_folder(run_dir), strict=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     for name in RUN_RECORD_FILES:
@@ -343,17 +360,7 @@ def save_hub_ready(
         if source is not None:
             shutil.copyfile(source, out_dir / name)
     scrub_json_files(out_dir)
-    if isinstance(results, dict):
-        measurements, model_key = parse_results(results, model_key)
-    elif results is not None:
-        measurements, model_key = read_results(results, model_key)
-    else:
-        measurements = recorded_results(out_dir, model.config)
-    card = build_model_card(
-        f"<your-namespace>/{out_dir.resolve().name}", model.config, read_run_record([out_dir]), measurements, model_key
-    )
-    strip_foreign_code(out_dir)
-    card.save(out_dir / "README.md")
+    write_model_card(out_dir, results, model_key=model_key)
     return out_dir
 
 
@@ -361,6 +368,7 @@ __all__ = [
     "RunRecord",
     "build_model_card",
     "eval_results",
+    "processor_folder",
     "read_run_record",
     "recorded_results",
     "results_table",

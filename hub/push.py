@@ -37,13 +37,12 @@ from huggingface_hub.utils import validate_repo_id
 from modeling_smartclip import retrieval
 from modeling_smartclip.loading import load_model_and_processor
 
-from .card import TEMPLATE_PATH, build_model_card, read_run_record, recorded_results, run_folders
+from .card import TEMPLATE_PATH, build_model_card, processor_folder, read_run_record, recorded_results, run_folders
 from .code_pointers import strip_foreign_code
 from .results import read_results
 from .secrets import redact, scrub_json_files
 from .space import write_space_folder
 
-PROCESSOR_FILE = "processor_config.json"
 # Seconds to connect, and between two bytes sent or received: a stalled server is an error after this.
 DEFAULT_TIMEOUT_S = 60.0
 # The whole upload's deadline, by default: this many seconds plus the files' size at `MIN_UPLOAD_RATE` bytes per
@@ -59,18 +58,6 @@ class PushError(OSError):
 
 class DeadlineExceeded(Exception):
     """The push ran past its deadline. Not one of the network errors that huggingface_hub retries."""
-
-
-def _processor_folder(source: Path, processor: Path | None) -> Path:
-    """Where the processor files are: `processor` if given, else the first of `run_folders(source)` holding them."""
-    candidates = [processor] if processor is not None else run_folders(source)
-    for folder in candidates:
-        if (folder / PROCESSOR_FILE).is_file():
-            return folder
-    raise ValueError(
-        f"No {PROCESSOR_FILE} in {' or '.join(str(c) for c in candidates)}; pass the folder that holds the "
-        "processor with --processor."
-    )
 
 
 def list_files(folder: Path) -> list[str]:
@@ -118,7 +105,7 @@ def stage_model(
     if len(set(names)) != len(names):
         raise ValueError(f"Plot file names must be distinct, since they share plots/ in the repo; got {names}.")
     measurements, model_key = read_results(results, results_model) if results is not None else (None, None)
-    processor_dir = _processor_folder(source, processor and Path(processor))
+    processor_dir = processor_folder(source, processor and Path(processor))
 
     # safetensors only, the installed classes (the folder's code is never run); every weight exactly as saved
     model, processor = load_model_and_processor(source, processor_dir, strict=True)
