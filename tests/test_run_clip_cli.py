@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import HfApi
-from huggingface_hub.errors import RepositoryNotFoundError
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPModel
@@ -146,7 +145,8 @@ def test_max_seq_length_truncates_the_collator_captions_only():
         caption_processor(processor, 300, positions=248)
 
 
-def test_model_revision_token_and_cache_dir_go_to_the_download_only(tmp_path, clip_dir, processor, monkeypatch):
+def test_model_revision_token_and_cache_dir_go_to_the_download_only(tmp_path, clip_dir, processor, monkeypatch,
+                                                                    capsys):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     with HubServer(tmp_path / "hub", token=TOKEN) as hub:
@@ -166,8 +166,11 @@ def test_model_revision_token_and_cache_dir_go_to_the_download_only(tmp_path, cl
         flags = ["--model_name_or_path", "tester/tiny-clip", "--output_dir", str(output_dir), "--max_steps", "1",
                  "--per_device_train_batch_size", "4", "--num_train_scenes", "4", "--num_test_scenes", "1",
                  "--use_cpu", "--report_to", "none", "--cache_dir", str(cache_dir), "--model_revision", "v2"]
-        with pytest.raises(RepositoryNotFoundError):  # private: the download needs the token
+        with pytest.raises(SystemExit) as exit_info:  # private: the download needs the token
             main(flags)
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "'tester/tiny-clip' is not a local folder" in error and "Repository Not Found" in error
         main([*flags, "--token", TOKEN])
 
     config = json.loads((output_dir / "config.json").read_text())
