@@ -131,7 +131,9 @@ def read_run_record(folders: list[Path]) -> RunRecord:
             or key.removeprefix("training.") in ALWAYS_SHOWN
             or defaults.get(key.removeprefix("training."), object()) != value
         }
-    shown = {key: value for key, value in record.items() if not key.lower().endswith("_dir") and not _is_local_path(value)}
+    shown = {
+        key: value for key, value in record.items() if not key.lower().endswith("_dir") and not _is_local_path(value)
+    }
     rows = [(key, str(value).replace("|", "\\|")) for key, value in shown.items() if value not in (None, "", [], {})]
 
     def describe(keys: tuple[str, ...], local: str, unset: str | None) -> str | None:
@@ -298,7 +300,8 @@ def processor_folder(source: Path, processor: Path | None = None) -> Path:
 
 def recorded_results(model_dir: Path, config: SmartCLIPConfig) -> list[Measurement] | None:
     """The Trainer's `eval_results.json` of `model_dir`'s run (`read_trainer_results`), `None` if there is none."""
-    path = next((folder / TRAINER_RESULTS for folder in run_folders(model_dir) if (folder / TRAINER_RESULTS).is_file()), None)
+    paths = [folder / TRAINER_RESULTS for folder in run_folders(model_dir)]
+    path = next((path for path in paths if path.is_file()), None)
     if path is None:
         return None
     return read_trainer_results(path, config.scoring) or None
@@ -316,9 +319,9 @@ def write_model_card(
     Called at the end of a training run, so that the output folder is Hub-ready as it is. The card is filled from
     the folder's `config.json` and `training_args.json` (see `read_run_record`) and `results` (a results file or
     the same object, as `parse_results` reads it, with `model_key` naming this model in a several-model one; `None`:
-    the run's `eval_results.json` if it wrote one, else the card says no results were recorded). The folder's JSON files keep only this package's own code pointers
-    (`strip_foreign_code` warns about any other). `repo_id` names the model in the card's code; default
-    `<your-namespace>/<folder name>`.
+    the run's `eval_results.json` if it wrote one, else the card says no results were recorded). The folder's JSON
+    files keep only this package's own code pointers (`strip_foreign_code` warns about any other). `repo_id` names
+    the model in the card's code; default `<your-namespace>/<folder name>`.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():

@@ -56,7 +56,8 @@ def _strip(tree, own: frozenset[str], shipped: set[str], where: str, removed: li
     for key, value in tree.items():
         if key in CODE_POINTER_KEYS and isinstance(value, dict):
             kept = {name: ref for name, ref in value.items() if _is_own(ref, own, shipped)}
-            removed += [f"{where}: {key}.{name} -> {json.dumps(ref)}" for name, ref in value.items() if name not in kept]
+            removed += [f"{where}: {key}.{name} -> {json.dumps(ref)}" for name, ref in value.items()
+                        if name not in kept]
             if kept:
                 out[key] = kept
         elif key in CODE_POINTER_KEYS or (isinstance(value, str) and _names_other_code(value)):

@@ -127,7 +127,9 @@ def read_trainer_results(path: str | Path, scoring: str) -> list[Measurement]:
         raise ValueError(f"Cannot read the Trainer's results {path}: {error}") from error
     if not isinstance(metrics, dict):
         raise ValueError(f"{path} must hold a JSON object; got {type(metrics).__name__}.")
-    kept = {name.removeprefix("eval_"): value for name, value in metrics.items() if not TRAINER_BOOKKEEPING.fullmatch(name)}
+    kept = {
+        name.removeprefix("eval_"): value for name, value in metrics.items() if not TRAINER_BOOKKEEPING.fullmatch(name)
+    }
     measurements, _ = parse_results(kept)
     return [m if m.scoring != NO_SCORING else Measurement(m.model, scoring, m.metric, m.value) for m in measurements]
 

@@ -32,7 +32,8 @@ def test_names_that_are_credentials_and_names_that_are_not():
 
 
 def test_scrub_removes_named_credentials_at_any_depth_and_redacts_the_rest():
-    tree = {"model": {**NAMED}, "data": {**LOOKED, "p_long": 0.5}, "training": {**LISTED, "seed": 3}, "vocab": {"token": 7}}
+    tree = {"model": {**NAMED}, "data": {**LOOKED, "p_long": 0.5}, "training": {**LISTED, "seed": 3},
+            "vocab": {"token": 7}}
     cleaned, found = scrub(tree)
     text = json.dumps(cleaned)
     leaked = [value for value in [*NAMED.values(), *LOOKED.values(), "listed-key-value"] if value in text]

@@ -26,7 +26,8 @@ EVIL_PIPELINE = {"zero-shot-image-classification": {"impl": "tester/evil--evil_c
 
 
 def _files_holding(folder, needle: bytes) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes())
+    files = [path for path in folder.rglob("*") if path.is_file() and needle in path.read_bytes()]
+    return sorted(path.relative_to(folder).as_posix() for path in files)
 
 
 @pytest.fixture
