@@ -40,6 +40,16 @@ class EncodedTexts:
     text_masks: torch.Tensor
 
 
+def _finite(embeds: torch.Tensor, what: str) -> torch.Tensor:
+    """`embeds` `(n, D)`, or a `ValueError` naming the rows that hold a NaN or an infinity: every score of such a row
+    is NaN, and a search over NaN scores returns arbitrary results with no sign of it."""
+    bad = (~embeds.isfinite().all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"the model gave NaN or infinite embeddings for {len(bad)} {what} (rows {bad[:10]}); check "
+                         "its weights.")
+    return embeds
+
+
 def _batches(items, batch_size: int, progress: bool, description: str):
     """`items` (a tensor or a list) in slices of `batch_size`, with a tqdm bar if `progress`."""
     starts = range(0, len(items), batch_size)
@@ -83,7 +93,7 @@ def encode_gallery(
         features.append(model.get_image_features(batch.to(model.device, model.dtype)).pooler_output.float())
     if not features:
         raise ValueError("encode_gallery got no images.")
-    return ImageGallery.from_embeddings(torch.cat(features))  # (n_image, D)
+    return ImageGallery.from_embeddings(_finite(torch.cat(features), "images"))  # (n_image, D)
 
 
 @torch.no_grad()
@@ -120,7 +130,7 @@ def encode_texts(
         masks.append(text_masks.float())
     if not embeds:
         raise ValueError("encode_texts got no captions.")
-    return EncodedTexts(torch.cat(embeds), torch.cat(masks))
+    return EncodedTexts(_finite(torch.cat(embeds), "captions"), torch.cat(masks))
 
 
 def search_images(

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, TrainingArguments
 
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
+from modeling_smartclip.retrieval import encode_gallery, encode_texts
 from smartclip_eval.cli import main as eval_main
 from smartclip_eval.metrics import classification_metrics, retrieval_metrics
 from smartclip_methods.setclip.train import SetCLIPArguments, run_setclip_training
@@ -29,6 +30,19 @@ def test_metrics_of_non_finite_scores_are_an_error(bad):
         retrieval_metrics(scores, torch.arange(4))
     with pytest.raises(ValueError, match="NaN or infinite"):
         classification_metrics(scores, torch.arange(4))
+
+
+@pytest.mark.parametrize("tower", ["visual_projection", "text_projection"])
+def test_the_retrieval_encoders_refuse_non_finite_embeddings(clip_dir, tower):
+    model = SmartCLIPModel.from_clip(clip_dir).eval()
+    processor = SmartCLIPProcessor.from_clip(clip_dir)
+    with torch.no_grad():
+        getattr(model, tower).weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or infinite embeddings for 2 (images|captions) \(rows \[0, 1\]\)"):
+        if tower == "visual_projection":
+            encode_gallery(model, torch.rand(2, 3, 32, 32))
+        else:
+            encode_texts(model, ["a red circle.", "a blue square."], processor=processor)
 
 
 @pytest.fixture(scope="module")
