@@ -1,5 +1,7 @@
 """Loading a model and its processor from a CLIP or a SmartCLIP checkpoint with the installed classes."""
 
+import contextlib
+import logging
 from os import PathLike
 from pathlib import Path
 
@@ -94,6 +96,22 @@ def _check_vocabulary(tokenizer, source) -> None:
         )
 
 
+@contextlib.contextmanager
+def _without_load_report():
+    """Drops transformers' multi-line load report (a warning that the missing weights "were newly initialized"):
+    a strict load names them in its own one-line error instead."""
+    report_logger = logging.getLogger("transformers.modeling_utils")
+
+    def not_a_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+    report_logger.addFilter(not_a_report)
+    try:
+        yield
+    finally:
+        report_logger.removeFilter(not_a_report)
+
+
 def _readable_safetensors(file: Path) -> bool:
     try:
         with safe_open(file, framework="pt"):  # checks the header against the file's size
@@ -116,7 +134,8 @@ def load_model_and_processor(
     Missing tokenizer files are always an error (`check_tokenizer_files`), and so is a corrupt safetensors file.
     """
     try:
-        return _load(path, processor_path, strict, **config_overrides)
+        with _without_load_report() if strict else contextlib.nullcontext():
+            return _load(path, processor_path, strict, **config_overrides)
     except SafetensorError as error:
         files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
         corrupt = next((file for file in files if not _readable_safetensors(file)), path)

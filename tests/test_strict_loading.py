@@ -157,3 +157,4 @@ def test_commands_refuse_a_folder_that_does_not_load_exactly(smartclip_dir, tmp_
     # the message itself (sys.exit(message)), or a status with the message as stderr's last line
     message = code if isinstance(code, str) else stderr.strip().splitlines()[-1]
     assert code not in (0, None) and named in message and "Traceback" not in stderr, message
+    assert "LOAD REPORT" not in stderr  # transformers' multi-line report of what the error names
