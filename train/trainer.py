@@ -110,9 +110,10 @@ class SmartCLIPTrainer(Trainer):
         # A NaN or infinite loss is a diverged run (or bad inputs), never a result: the Trainer would log it as the
         # previous mean (`logging_nan_inf_filter`) and the recall of NaN scores as perfect.
         if not torch.isfinite(loss):
+            when = f"training step {self.state.global_step + 1}" if model.training else (
+                f"the evaluation after step {self.state.global_step}")
             raise ValueError(
-                f"the {'training' if model.training else 'evaluation'} loss is {loss.item()} at step "
-                f"{self.state.global_step}: the run diverged or its inputs are not finite (try a lower "
+                f"the loss of {when} is {loss.item()}: the run diverged or its inputs are not finite (try a lower "
                 "--learning_rate); stopped before saving or evaluating further."
             )
         if model.training:
