@@ -31,8 +31,8 @@ from .metrics import classification_metrics
 from .sets import ClassificationSet
 
 ATTACKS = ("pgd", "apgd")
-# PGD's step size as a multiple of eps / steps (Madry et al., arXiv 1706.06083: 2.5 eps / steps lets a start on
-# the ball's edge still reach the opposite edge).
+# PGD's step size as a multiple of eps / steps: the steps together span 2.5 eps, so a random start on the ball's edge
+# can still cross the whole ball (2 eps) with room to spare.
 PGD_STEP_FACTOR = 2.5
 MAX_LOGIT_SCALE = 100.0  # as `SmartCLIPModel.forward` caps it
 
