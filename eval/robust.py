@@ -126,7 +126,8 @@ def make_attack(name: str, classifier: nn.Module, eps: float, steps: int):
     import torchattacks  # only the attacked evaluation needs it
 
     if name == "pgd":
-        return torchattacks.PGD(classifier, eps=eps, alpha=PGD_STEP_FACTOR * eps / steps, steps=steps, random_start=True)
+        alpha = PGD_STEP_FACTOR * eps / steps
+        return torchattacks.PGD(classifier, eps=eps, alpha=alpha, steps=steps, random_start=True)
     if name == "apgd":
         return torchattacks.APGD(classifier, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)
     raise ValueError(f"--attack {name!r}; expected one of {ATTACKS}.")

@@ -144,7 +144,8 @@ def test_objective_rejects_bad_settings(clip_dir, processor, kwargs, message):
 def test_objective_rejects_a_teacher_that_trains(clip_dir, processor):
     model = tiny_model(clip_dir)
     with pytest.raises(ValueError, match="frozen"):
-        SimCLIPLoss(ImageEncoder(model.vision_model, model.visual_projection), PixelNormalisation.from_processor(processor))
+        trainable = ImageEncoder(model.vision_model, model.visual_projection)
+        SimCLIPLoss(trainable, PixelNormalisation.from_processor(processor))
 
 
 # ----- the command --------------------------------------------------------------------------------------------------
@@ -165,7 +166,8 @@ def test_command_trains_the_vision_side_only_and_saves_the_student_alone(tmp_pat
     if start == "smartclip_modular":  # a SmartCLIP whose (trained) head scores modularly must keep both
         model_dir = tmp_path / "start"
         starting = SmartCLIPModel.from_clip(clip_dir)
-        starting.config.scoring, starting.config.loss_type, starting.config.mask_head_trained = "modular", "smartclip", True
+        config = starting.config
+        config.scoring, config.loss_type, config.mask_head_trained = "modular", "smartclip", True
         starting.save_pretrained(model_dir)
         SmartCLIPProcessor.from_pretrained(clip_dir).save_pretrained(model_dir)
     main(run_flags(tmp_path / "run", model_dir))

@@ -108,7 +108,9 @@ class SimCLIPLoss(TrainingLoss):
             config_loss_type=config.loss_type, trains_mask_head=config.mask_head_trained, **kwargs,
         )
 
-    def adversarial_values(self, model: SmartCLIPModel, pixel_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def adversarial_values(
+        self, model: SmartCLIPModel, pixel_values: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
         """`(B, 3, H, W)` normalised `pixel_values` of the attacked images (the batch's own when eps is 0)."""
         if self.attack["eps"] == 0:
             return pixel_values

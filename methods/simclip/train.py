@@ -36,7 +36,8 @@ class SimCLIPArguments:
     simclip_momentum: float = field(default=0.9, metadata={"help": "Momentum of the attack's sign-gradient velocity."})
     simclip_random_start: bool = field(default=True, metadata={"help": "Start the attack uniformly in the eps ball."})
     simclip_symmetric_weight: float = field(
-        default=0.0, metadata={"help": "Weight of the paper's symmetric term -cos(E(x), sg(E(x_adv))) (0: off, as released)."}
+        default=0.0,
+        metadata={"help": "Weight of the paper's symmetric term -cos(E(x), sg(E(x_adv))) (0: off, as released)."},
     )
     simclip_clean_weight: float = field(
         default=0.0, metadata={"help": "Weight of the clean term -cos(E(x), sg(E_0(x))) (0: off, as released)."}
@@ -49,7 +50,8 @@ class SimCLIPArguments:
             step_size=parse_eps(self.simclip_step_size, "--simclip_step_size"), momentum=self.simclip_momentum,
             random_start=self.simclip_random_start,
         )
-        check_attack(attack["eps"], attack["steps"], attack["step_size"], where="--simclip_eps/--simclip_steps/--simclip_step_size")
+        flags = "--simclip_eps/--simclip_steps/--simclip_step_size"
+        check_attack(attack["eps"], attack["steps"], attack["step_size"], where=flags)
         return attack
 
 
@@ -68,7 +70,8 @@ def run_simclip_training(model_args, data_args, training_args, simclip_args: Sim
     """`run_training` with Sim-CLIP's objective; `kwargs` go to `run_training` (e.g. `eval_fn`)."""
     attack = simclip_args.attack()
     if model_args.model_name_or_path is None:
-        raise ValueError("--model_name_or_path is required: Sim-CLIP fine-tunes a trained CLIP or SmartCLIP checkpoint.")
+        raise ValueError("--model_name_or_path is required: Sim-CLIP fine-tunes a trained CLIP or SmartCLIP "
+                         "checkpoint.")
     if model_args.freeze_vision_model:
         raise ValueError("--freeze_vision_model: Sim-CLIP trains the vision tower; drop the flag.")
     teacher_model, processor = load_starting_model(model_args)
