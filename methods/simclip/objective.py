@@ -50,8 +50,8 @@ class SimCLIPLoss(TrainingLoss):
 
     The teacher `E_0` lives here, not in the model, so the saved folder is the student alone; it moves to the
     batch's device on first use. The attack runs on the bare model in eval mode (as released), on `[0, 1]` pixels
-    recovered from the batch's `pixel_values` with the processor's `normalisation`; with `eps == 0` the student reads
-    the batch's own `pixel_values`. The loss is a mean over images of per-image terms, so under several processes
+    recovered from the batch's `pixel_values` with the processor's `normalisation` (clipped to `[0, 1]`, against a
+    processor's rounding); with `eps == 0` the student reads the batch's own `pixel_values`. The loss is a mean over images of per-image terms, so under several processes
     the mean of the ranks' losses (and DDP's mean of their gradients) is the loss of the global batch: no gather.
 
     Only the vision tower and its projection get gradients: the text tower's outputs and `logit_scale` are never
@@ -119,7 +119,7 @@ class SimCLIPLoss(TrainingLoss):
         try:
             adversarial = pgd_embedding_attack(
                 lambda pixels: model.get_image_features(self.normalisation(pixels)).pooler_output,
-                self.normalisation.inverse(pixel_values), target, **self.attack,
+                self.normalisation.inverse(pixel_values).clamp(0, 1), target, **self.attack,
             )
         finally:
             model.train(was_training)
