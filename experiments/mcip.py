@@ -129,7 +129,7 @@ def arguments() -> argparse.ArgumentParser:
     p.add_argument("--pretrain_steps", type=int, default=400, help="CLIP from scratch: the starting model")
     p.add_argument("--pretrain_lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=100, help="steps of every stage after the starting model")
-    p.add_argument("--learning_rate", type=float, default=3e-4, help="learning rate of every stage")
+    p.add_argument("--learning_rate", type=float, default=1e-3, help="learning rate of every stage")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--num_train", type=int, default=5000, help="training scenes")
     p.add_argument("--num_test", type=int, default=1000, help="test scenes (the I2I gallery and T2I set)")

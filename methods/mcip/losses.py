@@ -19,6 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import ArcFaceLoss
+from pytorch_metric_learning.utils import common_functions as c_f
+
+# The proxies start small: Adam moves every weight by about the learning rate per step whatever its size, and only
+# their direction counts, so small proxies turn towards their class within the run's steps at the towers' learning
+# rate (ArcFaceLoss's default, N(0, 1), hardly turns in a few hundred steps at 3e-4).
+PROXY_INIT_STD = 0.01
 
 
 def arc_margin_cosine(cosine: torch.Tensor, margin: float) -> torch.Tensor:
@@ -37,8 +43,10 @@ class ArcMargin(ArcFaceLoss):
     bf16 for good).
     """
 
-    def __init__(self, num_classes: int, embedding_size: int, scale: float, margin: float):
-        super().__init__(num_classes, embedding_size, margin=math.degrees(margin), scale=scale)
+    def __init__(self, num_classes: int, embedding_size: int, scale: float, margin: float,
+                 init_std: float = PROXY_INIT_STD):
+        init = c_f.TorchInitWrapper(torch.nn.init.normal_, std=init_std)
+        super().__init__(num_classes, embedding_size, margin=math.degrees(margin), scale=scale, weight_init_func=init)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return super().forward(embeddings.to(self.W.dtype), labels)
@@ -88,4 +96,4 @@ def multi_caption_arc_margin(
     return (log_denominator - positives)[caption_valid].mean()
 
 
-__all__ = ["ArcMargin", "arc_margin_cosine", "multi_caption_arc_margin"]
+__all__ = ["PROXY_INIT_STD", "ArcMargin", "arc_margin_cosine", "multi_caption_arc_margin"]
