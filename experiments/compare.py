@@ -46,6 +46,7 @@ from smartclip_data.sources import DataArguments, builtin_scenes
 from smartclip_eval.evaluate import evaluate_model
 from smartclip_eval.sets import scene_eval_sets
 from smartclip_eval.tables import save_results
+from smartclip_hub.card import save_hub_ready
 from smartclip_train.cli import user_errors
 from smartclip_train.train import ModelArguments, parse_flags_or_file, run_training
 
@@ -86,6 +87,11 @@ class CompareArguments:
     p_long: float = field(
         default=0.5, metadata={"help": "SmartCLIP's sampling: share of the long caption (else one of its sentences)."}
     )
+    scenes: str = field(
+        default="default",
+        metadata={"help": "Scene set: default, or theory (attribute-level and two-object captions beside the "
+                  "one-object sentences, drawn as short captions: scenes the identifiability theory can resolve)."},
+    )
     seeds: str = field(default="0", metadata={"help": "Comma-separated seeds; every arm runs once per seed."})
     stages: str = field(default="finetune,scratch", metadata={"help": "Comma-separated: finetune, scratch."})
     publish: str = field(
@@ -99,6 +105,8 @@ class CompareArguments:
             self.pretrain_steps, self.finetune_steps, self.scratch_steps, self.batch_size = 3, 2, 2, 16
             if self.output_dir == "outputs/compare":  # a smoke test never shares a folder with a real run
                 self.output_dir = "outputs/compare-quick"
+        if self.scenes not in ("default", "theory"):
+            raise ValueError(f"--scenes {self.scenes!r}; expected default or theory.")
         unknown = set(self.stages.split(",")) - {"finetune", "scratch"}
         if unknown:
             raise ValueError(f"--stages {self.stages}: unknown {sorted(unknown)}; expected finetune and/or scratch.")
@@ -158,7 +166,8 @@ class Evaluator:
     """Every metric of one trained arm: `evaluate_model` on the test scenes plus the linear probe."""
 
     def __init__(self, args: CompareArguments):
-        scenes = builtin_scenes(args.num_train_scenes, args.num_test_scenes, 0)
+        scenes = builtin_scenes(args.num_train_scenes, args.num_test_scenes, 0,
+                                partial_captions=args.scenes == "theory")
         self.test_split = scenes["test"]
         self.probe_split = scenes["train"].select(range(args.probe_train_scenes))
         self.eval_sets = scene_eval_sets(self.test_split)
@@ -205,9 +214,11 @@ def train_arm(args, arm: Arm, stage: str, seed: int, start: str | None, evaluato
         lambda_sparsity=args.lambda_sparsity if masked else None,
         mask_threshold=args.mask_threshold if masked else None,
     )
+    # The theory scenes' partial captions are short captions: they share the non-long draws with the sentences.
+    p_short = (1 - p_long) / 2 if args.scenes == "theory" and 0 < p_long < 1 else 0.0
     data_args = DataArguments(
-        num_train_scenes=args.num_train_scenes, num_test_scenes=args.num_test_scenes,
-        p_long=p_long, p_sentence=1 - p_long, p_short=0.0,
+        num_train_scenes=args.num_train_scenes, num_test_scenes=args.num_test_scenes, p_long=p_long,
+        p_sentence=1 - p_long - p_short, p_short=p_short, scenes_partial_captions=args.scenes == "theory",
     )
     training_args = TrainingArguments(
         output_dir=str(output_dir),
@@ -403,6 +414,31 @@ def verdicts(summary: dict) -> list[str]:
     return lines
 
 
+# The concept-level diagnostics (docs/mask_diagnostics.md) the report shows, as (column, key).
+DIAGNOSTICS = (
+    ("long/sentence density", "density_ratio"),
+    ("Jaccard same object", "jaccard_same_object"),
+    ("Jaccard other object", "jaccard_different_object"),
+    ("slot share", "variance_share_slot"),
+    ("slot alignment", "alignment_slot"),
+    ("rotated", "alignment_slot_rotated"),
+)
+
+
+def diagnostics_table(runs_by_seed: dict[int, dict[str, dict]], descriptions: dict[str, str]) -> str:
+    """Markdown: each arm's concept-level diagnostics, the mean over seeds ("–" where an arm has none)."""
+    lines = ["**Concept-level diagnostics** (mean over seeds; the mask columns only for trained heads):", "",
+             "| arm | " + " | ".join(label for label, _ in DIAGNOSTICS) + " |", "|---|" + "---|" * len(DIAGNOSTICS)]
+    for run in next(iter(runs_by_seed.values())):
+        cells = []
+        for _, key in DIAGNOSTICS:
+            values = [runs[run].get("mask_diagnostics", {}).get(f"scenes/{key}") for runs in runs_by_seed.values()]
+            values = [v for v in values if v is not None and v == v]
+            cells.append(f"{statistics.fmean(values):.3f}" if values else "–")
+        lines.append(f"| {descriptions[run]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ----- the run ----------------------------------------------------------------------------------------------------
 
 
@@ -442,6 +478,7 @@ def run_compare(args: CompareArguments) -> dict:
               "threads": torch.get_num_threads()}
     report = "\n\n".join([
         format_tables(summary, descriptions, args.seed_list),
+        diagnostics_table(runs_by_seed, descriptions),
         "**The paper's predictions, checked** (stage 2, plain scoring):\n\n"
         + ("(--quick is a smoke test of a few steps: no verdicts)" if args.quick
            else "\n".join(verdicts(summary) or ["(no stage 2 in this run)"])),
@@ -461,9 +498,9 @@ def run_compare(args: CompareArguments) -> dict:
     publish = args.publish if args.publish in first else next(name for name in first if "smartclip" in name)
     sentences = sorted({s for captions in evaluator.test_split["short_captions"] for s in captions})
     plot_masks(first[publish]["output_dir"], sentences, output_dir / "mask_usage.png", f"{publish}: mask usage")
-    # Model, processor and code only: the Trainer's pickled arguments and states stay in the arm's folder.
-    SmartCLIPModel.from_pretrained(first[publish]["output_dir"]).save_pretrained(output_dir / "smartclip")
-    SmartCLIPProcessor.from_pretrained(first[publish]["output_dir"]).save_pretrained(output_dir / "smartclip")
+    # Model, processor, run record and card: the Trainer's pickled arguments and states stay in the arm's folder.
+    save_hub_ready(first[publish]["output_dir"], output_dir / "smartclip",
+                   results=output_dir / f"seed{args.seed_list[0]}" / "results.json", model_key=publish)
     print(report)
     print(f"\nSaved: {output_dir / 'results.json'}, {output_dir / 'results.md'}, plots, and the hub-ready "
           f"SmartCLIP ({publish}, seed {args.seed_list[0]}) in {output_dir / 'smartclip'}.")

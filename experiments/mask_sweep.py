@@ -28,16 +28,23 @@ import torch
 import transformers
 from transformers import HfArgumentParser
 
+from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 from smartclip_data.sources import DataArguments, builtin_scenes
 from smartclip_eval.evaluate import evaluate_model
+from smartclip_eval.mask_diagnostics import mask_diagnostics
 from smartclip_eval.sets import scene_eval_sets
 from smartclip_train.train import ModelArguments, SmartCLIPTrainingArguments, run_training
 
 logger = logging.getLogger(__name__)
 
 HEADS = ("union", "attention")
-# Data options of each named scene set (`DataArguments` fields).
-SCENES = {"default": {}, "theory": {"scenes_partial_captions": True}}
+# Data options of each named scene set (`DataArguments` fields): each step's caption is the long caption or one
+# sentence; the theory scenes' attribute-level and two-object captions are their short captions, drawn a third of
+# the time.
+SCENES = {
+    "default": {"p_long": 0.5, "p_sentence": 0.5, "p_short": 0.0},
+    "theory": {"scenes_partial_captions": True, "p_long": 1 / 3, "p_sentence": 1 / 3, "p_short": 1 / 3},
+}
 
 
 @dataclass
@@ -56,6 +63,10 @@ class MaskSweepArguments:
     num_train_scenes: int = field(default=20000, metadata={"help": "Training scenes."})
     num_test_scenes: int = field(default=1000, metadata={"help": "Held-out test scenes."})
     report_only: bool = field(default=False, metadata={"help": "Write the tables from finished runs; train nothing."})
+    diagnose: bool = field(
+        default=False, metadata={"help": "Compute the concept-level diagnostics of finished runs' saved models that "
+                                 "lack them (into diagnostics.json)."}
+    )
     quick: bool = field(default=False, metadata={"help": "Tiny smoke-test sizes (overrides sizes and steps)."})
 
     def __post_init__(self):
@@ -85,8 +96,7 @@ def run_name(args: MaskSweepArguments, seed: int, arm: str) -> str:
 def train_one(args: MaskSweepArguments, seed: int, arm: str) -> dict:
     """Trains one arm with `seed`; returns its final metrics (`evaluate_model` on the scenes' test sets)."""
     data_args = DataArguments(
-        num_train_scenes=args.num_train_scenes, num_test_scenes=args.num_test_scenes, p_long=0.5, p_sentence=0.5,
-        p_short=0.0, **SCENES[args.scenes],
+        num_train_scenes=args.num_train_scenes, num_test_scenes=args.num_test_scenes, **SCENES[args.scenes],
     )
     if arm == "clip":
         model_args = ModelArguments(objective="clip")
@@ -192,6 +202,25 @@ def report(args: MaskSweepArguments, runs: list[dict], diagnostics: dict[str, di
     return "\n".join(lines) + "\n"
 
 
+def diagnose_runs(args: MaskSweepArguments, runs: list[dict], path: Path) -> dict[str, dict]:
+    """`{run name: mask_diagnostics of its saved model}` for every finished run, computing the missing ones."""
+    diagnostics = json.loads(path.read_text()) if path.is_file() else {}
+    test_split = None
+    for run in runs:
+        name = run_name(args, run["seed"], run["arm"])
+        if name in diagnostics:
+            continue
+        if test_split is None:
+            data_args = DataArguments(num_test_scenes=args.num_test_scenes, **SCENES[args.scenes])
+            test_split = builtin_scenes(args.num_train_scenes, args.num_test_scenes, 0,
+                                        **_scene_options(data_args))["test"]
+        folder = Path(args.output_dir, "runs", name)
+        model, processor = SmartCLIPModel.from_pretrained(folder), SmartCLIPProcessor.from_pretrained(folder)
+        diagnostics[name] = mask_diagnostics(model, processor, test_split, masks=run["arm"] != "clip")
+        path.write_text(json.dumps(diagnostics, indent=1))
+    return diagnostics
+
+
 def main(argv: list[str] | None = None) -> None:
     (args,) = HfArgumentParser(MaskSweepArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -213,7 +242,10 @@ def main(argv: list[str] | None = None) -> None:
                 file.write(json.dumps(run) + "\n")
     runs = [run for run in load_runs(runs_path) if run["settings"] == settings]
     diagnostics_path = output_dir / "diagnostics.json"
-    diagnostics = json.loads(diagnostics_path.read_text()) if diagnostics_path.is_file() else {}
+    if args.diagnose:
+        diagnostics = diagnose_runs(args, runs, diagnostics_path)
+    else:
+        diagnostics = json.loads(diagnostics_path.read_text()) if diagnostics_path.is_file() else {}
     text = report(args, runs, diagnostics)
     (output_dir / f"results-{args.scenes}.md").write_text(text)
     print(text)

@@ -8,8 +8,8 @@ from PIL import Image
 from transformers import CLIPModel
 
 from modeling_smartclip import SmartCLIPModel
-
 from smartclip_data.scratch import scratch_clip_config, scratch_processor
+from tests.support import with_caption_specific_masks
 
 torch.set_num_threads(1)  # 2 cores run pytest and the spawned processes of some tests
 
@@ -45,8 +45,10 @@ def clip(clip_dir):
 
 @pytest.fixture(scope="module")
 def smartclip(clip):
+    """A converted SmartCLIP whose head gives caption-specific masks, as a trained head does (a fresh head is
+    all-on, so its modular scores would equal the plain ones)."""
     torch.manual_seed(0)
-    return SmartCLIPModel.from_clip(clip).eval()
+    return with_caption_specific_masks(SmartCLIPModel.from_clip(clip).eval())
 
 
 @pytest.fixture

@@ -44,6 +44,15 @@ _hook_installed = False
 # ----- processes and ports ----------------------------------------------------------------------------------------
 
 
+def with_caption_specific_masks(model: SmartCLIPModel) -> SmartCLIPModel:
+    """`model` with its head's last Linear drawn at std 1 and no bias: masks that differ between captions, as a
+    trained head's do (a fresh head is all-on, so its modular scores equal the plain ones). In place; returned."""
+    with torch.no_grad():
+        model.mask_head.to_logits.weight.normal_()
+        model.mask_head.to_logits.bias.zero_()
+    return model
+
+
 def run_without_package(code: str, env: dict[str, str] | None = None, timeout: int = 300) -> dict:
     """Runs `code`, which must print one JSON object on its last stdout line; returns that object."""
     full_env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"], "HF_HUB_OFFLINE": "1", **(env or {})}

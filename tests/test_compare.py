@@ -50,6 +50,10 @@ def test_compare_quick_run_writes_results_plots_and_a_hub_ready_model(tmp_path, 
     assert "| SmartCLIP, union head (scratch) | modular |" in out
     assert "one seed (0): no spread" in out and "1. Direct FT gains long retrieval" not in out  # no verdicts
     assert "smoke test" in out
+    assert "**Concept-level diagnostics**" in out and "| SmartCLIP, union head (scratch) | " in out
+    assert "density_ratio" in "".join(runs["scratch/smartclip-union"]["mask_diagnostics"])
+    card = (tmp_path / "smartclip" / "README.md").read_text()  # the hub-ready folder carries its run record
+    assert "unspecified" not in card and (tmp_path / "smartclip" / "training_args.json").is_file()
     # The control runs at the density the trained SmartCLIP arm's masks had, not its own untrained head's.
     learned = [log["mask_density"] for log in runs["finetune/smartclip"]["log_history"] if "mask_density" in log]
     assert runs["finetune/random-mask"]["random_mask_density"] == pytest.approx(sum(learned[-3:]) / len(learned[-3:]))

@@ -18,7 +18,7 @@ def test_modular_logits_and_loss_come_from_the_masked_similarity(smartclip, batc
     labels = torch.arange(len(logits))
     expected_loss = (
         (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
-        + smartclip.config.lambda_sparsity * out.text_mask_probs.mean()
+        + smartclip.config.lambda_sparsity * out.text_mask_probs.sum(dim=-1).mean()
     )
     torch.testing.assert_close(out.loss, expected_loss)
 
@@ -59,23 +59,16 @@ def test_logit_scale_is_clamped_at_ln_100_in_the_loss(clip, batch, loss_type):
     torch.testing.assert_close(modular_loss(*args, masks, masks, model.logit_scale), modular_loss(*args, masks, masks, cap))
 
 
-def test_loss_logits_are_computed_once(monkeypatch, clip, batch):
-    import modeling_smartclip.modeling_smartclip as modeling
-
+def test_forward_loss_is_modular_loss_and_needs_no_logits(clip, batch):
     model = SmartCLIPModel.from_clip(clip, scoring="modular")
-    calls = []
-    original = modeling.similarity
-    monkeypatch.setattr(modeling, "similarity", lambda *a, **k: calls.append(a[3]) or original(*a, **k))
     out = model(**batch, return_loss=True)
-    assert calls == ["modular"]
-    torch.testing.assert_close(out.loss, contrastive_loss(out.logits_per_text) + 0.01 * out.text_mask_probs.mean())
-    calls.clear()
+    expected = modular_loss(out.text_embeds, out.image_embeds, out.text_masks, out.text_mask_probs, model.logit_scale,
+                            model.config.lambda_align, model.config.lambda_sparsity)
+    torch.testing.assert_close(out.loss, expected)
     no_logits = model(**batch, return_loss=True, return_logits=False)
-    assert calls == ["modular"] and no_logits.logits_per_image is None
+    assert no_logits.logits_per_image is None and no_logits.logits_per_text is None
     torch.testing.assert_close(no_logits.loss, out.loss)
-    calls.clear()
-    assert model(**batch, return_logits=False, output_text_masks=True).loss is None and calls == []
-
+    assert model(**batch, return_logits=False, output_text_masks=True).loss is None
 
 def test_local_losses_of_the_ranks_average_to_the_global_loss_with_its_gradients():
     """In one process: two 'ranks' of 3 rows each, scored against the whole batch, give the global loss."""
@@ -96,7 +89,8 @@ def test_local_losses_of_the_ranks_average_to_the_global_loss_with_its_gradients
         else:
             global_loss = modular_loss(text, image, masks, probs, scale)
             local = [
-                modular_loss(text[r], image[r], masks[r], probs[r], scale, 1.0, 0.01, text, image, masks, r.start)
+                modular_loss(text[r], image[r], masks[r], probs[r], scale, all_text_embeds=text, all_image_embeds=image,
+                             all_text_masks=masks, label_offset=r.start)
                 for r in (slice(0, 3), slice(3, 6))
             ]
         averaged = (local[0] + local[1]) / 2

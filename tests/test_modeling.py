@@ -299,12 +299,3 @@ def test_plain_forward_without_loss_skips_the_mask_head(clip, batch):
         assert model(**batch).text_masks is not None
         with pytest.raises(ValueError, match="output_text_masks=False, but scoring='modular'"):
             model(**batch, output_text_masks=False)
-
-
-def test_score_is_a_deprecated_alias_of_similarity(smartclip, batch):
-    with torch.no_grad():
-        out = smartclip(**batch, output_text_masks=True)
-        with pytest.warns(FutureWarning, match="SmartCLIPModel.score is deprecated"):
-            scores = smartclip.score(out.text_embeds, out.image_embeds, out.text_masks, "modular")
-    expected = smartclip.logit_scale.exp() * similarity(out.text_embeds, out.image_embeds, out.text_masks, "modular")
-    torch.testing.assert_close(scores, expected)

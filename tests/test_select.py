@@ -16,6 +16,7 @@ from PIL import Image as PILImage
 from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 from modeling_smartclip.masking import masked_similarity
 from smartclip_data.sources import DataArguments
+from tests.support import with_caption_specific_masks
 from smartclip_methods.select.pipeline import SelectArguments, main, run_selection
 from smartclip_methods.select.embed import GrowingArray
 from smartclip_methods.select.scores import batch_neg_clip_loss, neg_clip_loss, norm_sim, random_batches
@@ -258,8 +259,8 @@ def test_command_line_errors_name_the_flag(clip_dir, pool_dir, tmp_path, capsys)
 
 
 def test_modular_scoring_with_a_trained_head_teacher(clip_dir, pool_dir, tmp_path):
-    teacher = SmartCLIPModel.from_clip(clip_dir)
-    teacher.config.mask_head_trained = True  # a head that training would have set; its weights stay random here
+    teacher = with_caption_specific_masks(SmartCLIPModel.from_clip(clip_dir))
+    teacher.config.mask_head_trained = True  # a head that training would have set
     teacher.save_pretrained(tmp_path / "teacher")
     SmartCLIPProcessor.from_clip(clip_dir).save_pretrained(tmp_path / "teacher")
     plain = select(tmp_path / "teacher", pool_dir, tmp_path / "out")
