@@ -15,7 +15,6 @@ nor a negative of it.
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import ArcFaceLoss
@@ -31,7 +30,7 @@ def arc_margin_cosine(cosine: torch.Tensor, margin: float) -> torch.Tensor:
     """`cos(theta + m)` of target cosines (any shape), kept monotonic past `theta = pi - m` as
     pytorch-metric-learning 2.9.0's `ArcFaceLoss.modify_cosine_of_target_classes` keeps it (`margin` in radians)."""
     angles = torch.acos(torch.clamp(cosine, -1, 1))
-    past = torch.cos(angles) - margin * np.sin(margin)
+    past = torch.cos(angles) - margin * math.sin(margin)
     return torch.where(angles <= math.pi - margin, torch.cos(angles + margin), past)
 
 
