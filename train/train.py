@@ -468,13 +468,20 @@ def parse_args(argv: list[str] | None = None, extra_arguments: tuple[type, ...] 
     return parse_flags_or_file((ModelArguments, DataArguments, SmartCLIPTrainingArguments, *extra_arguments), argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console script `smartclip-train`: status 0 on success; a user error is one line on stderr, status 2."""
-    with user_errors("smartclip-train"):
-        model_args, data_args, training_args = parse_args(argv)
-        set_up_logging(training_args)
-        run_training(model_args, data_args, training_args)
+def run_command(prog: str, run: Callable, argv: list[str] | None = None, extra_arguments: tuple[type, ...] = ()) -> None:
+    """The body of every training command (`smartclip-train` and each related method's): parses `smartclip-train`'s
+    flags plus `extra_arguments`, sets up logging and calls `run(model_args, data_args, training_args, *extra)`.
+    Status 0 on success; a user error is one line on stderr, status 2 (`user_errors`)."""
+    with user_errors(prog):
+        arguments = parse_args(argv, extra_arguments)
+        set_up_logging(arguments[2])
+        run(*arguments)
         shut_down()  # under torchrun or accelerate launch: the group ends here, not in the interpreter's exit
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script `smartclip-train`."""
+    run_command("smartclip-train", run_training, argv)
 
 
 def set_up_logging(training_args: TrainingArguments) -> None:
@@ -489,6 +496,7 @@ if __name__ == "__main__":
 
 __all__ = [
     "DataStep",
+    "run_command",
     "ModelArguments",
     "DataArguments",
     "SmartCLIPTrainingArguments",

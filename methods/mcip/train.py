@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 
 from transformers import TrainerCallback
 
-from smartclip_train.cli import user_errors
 from smartclip_train.collator import CaptionCollator
 from smartclip_train.objectives import CLIPLoss, TrainingLoss
-from smartclip_train.train import DataStep, parse_args, run_training, set_up_logging
+from smartclip_train.train import DataStep, run_command, run_training
 
 from .batches import MCIPCollator, check_label_column, label_function, number_of_classes
 from .objective import STAGES, MCIPLoss, freeze_for_stage
@@ -117,11 +116,8 @@ def run_mcip_training(model_args, data_args, training_args, mcip_args: MCIPArgum
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script `smartclip-train-mcip`: status 0 on success; a user error is one line on stderr, status 2."""
-    with user_errors("smartclip-train-mcip"):
-        model_args, data_args, training_args, mcip_args = parse_args(argv, extra_arguments=(MCIPArguments,))
-        set_up_logging(training_args)
-        run_mcip_training(model_args, data_args, training_args, mcip_args)
+    """Console script `smartclip-train-mcip`: every `smartclip-train` flag plus its own (`train.run_command`)."""
+    run_command("smartclip-train-mcip", run_mcip_training, argv, (MCIPArguments,))
 
 
 if __name__ == "__main__":

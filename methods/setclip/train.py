@@ -10,10 +10,8 @@ nothing of Set-CLIP: this script hands `run_training` the objective and a data s
 from dataclasses import dataclass, field
 
 from modeling_smartclip.configuration_smartclip import LAMBDA_SPARSITY
-from smartclip_train.cli import user_errors
 from smartclip_train.collator import CaptionCollator
-from smartclip_train.distributed import shut_down
-from smartclip_train.train import parse_args, run_training, set_up_logging
+from smartclip_train.train import run_command, run_training
 
 from .objective import SetCLIPLoss
 from .pairing import PairedUnpairedDataset, SetCLIPCollator, SimCLRAugment
@@ -107,12 +105,8 @@ def run_setclip_training(model_args, data_args, training_args, setclip_args: Set
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script `smartclip-train-setclip`: status 0 on success; a user error is one line on stderr, status 2."""
-    with user_errors("smartclip-train-setclip"):
-        model_args, data_args, training_args, setclip_args = parse_args(argv, extra_arguments=(SetCLIPArguments,))
-        set_up_logging(training_args)
-        run_setclip_training(model_args, data_args, training_args, setclip_args)
-    shut_down()  # under torchrun or accelerate launch: the group ends here, not in the interpreter's exit
+    """Console script `smartclip-train-setclip`: every `smartclip-train` flag plus its own (`train.run_command`)."""
+    run_command("smartclip-train-setclip", run_setclip_training, argv, (SetCLIPArguments,))
 
 
 if __name__ == "__main__":

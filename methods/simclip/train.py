@@ -17,9 +17,7 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import TrainerCallback
 
 from smartclip_eval.robust import check_attack, parse_eps
-from smartclip_train.cli import user_errors
-from smartclip_train.distributed import shut_down
-from smartclip_train.train import load_starting_model, parse_args, run_training, set_up_logging
+from smartclip_train.train import load_starting_model, run_command, run_training
 
 from .objective import SimCLIPLoss
 
@@ -85,12 +83,8 @@ def run_simclip_training(model_args, data_args, training_args, simclip_args: Sim
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script `smartclip-train-simclip`; bad input is a one-line error and exit status 2."""
-    with user_errors("smartclip-train-simclip"):
-        model_args, data_args, training_args, simclip_args = parse_args(argv, extra_arguments=(SimCLIPArguments,))
-        set_up_logging(training_args)
-        run_simclip_training(model_args, data_args, training_args, simclip_args)
-    shut_down()  # under torchrun or accelerate launch: the group ends here, not in the interpreter's exit
+    """Console script `smartclip-train-simclip`: every `smartclip-train` flag plus its own (`train.run_command`)."""
+    run_command("smartclip-train-simclip", run_simclip_training, argv, (SimCLIPArguments,))
 
 
 if __name__ == "__main__":
