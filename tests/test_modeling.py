@@ -160,6 +160,19 @@ def test_to_clip_is_the_inverse_of_from_clip(clip):
             assert torch.equal(tensor, original[name]), name
 
 
+def test_return_dict_false_tuples_index_as_clips_do(clip, smartclip, batch):
+    # CLIPModel's fields come first, in its order; SmartCLIP's masks after them (issue 25, item 11).
+    with torch.no_grad():
+        ours = smartclip(**batch, return_loss=True, output_text_masks=True, return_dict=False)
+        reference = clip(**batch, return_loss=True, return_dict=False)
+    assert len(ours) == len(reference) + 2
+    for index, (got, want) in enumerate(zip(ours, reference)):
+        assert type(got) is type(want), index
+        if torch.is_tensor(want):
+            assert got.shape == want.shape, index
+    assert ours[-2].shape == ours[-1].shape == (3, smartclip.config.projection_dim)  # text_masks, text_mask_probs
+
+
 def test_return_dict_false_returns_a_tuple_as_clip_does(clip, smartclip, batch):
     with torch.no_grad():
         as_tuple = smartclip(**batch, return_dict=False)
