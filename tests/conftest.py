@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from transformers import CLIPModel
 
-from modeling_smartclip import SmartCLIPModel
+from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor
 from smartclip_data.scratch import scratch_clip_config, scratch_processor
 from tests.support import with_caption_specific_masks
 
@@ -29,6 +29,15 @@ def clip_dir(tmp_path_factory, processor):
     processor.tokenizer.model_max_length = 77
     processor.save_pretrained(path)
     processor.tokenizer.model_max_length = 248
+    return path
+
+
+@pytest.fixture(scope="module")
+def smartclip_dir(tmp_path_factory, clip_dir):
+    """A SmartCLIP folder converted from `clip_dir`, as `save_pretrained` writes it."""
+    path = tmp_path_factory.mktemp("smartclip")
+    SmartCLIPModel.from_clip(clip_dir).save_pretrained(path)
+    SmartCLIPProcessor.from_clip(clip_dir).save_pretrained(path)
     return path
 
 

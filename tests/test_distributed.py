@@ -53,8 +53,12 @@ def with_first_sentences(batch: dict) -> dict:
 def loss_and_grads(model: SmartCLIPModel, loss_name: str, batch: dict, local_loss: bool = False) -> dict:
     """One forward and backward through the objective, called as `SmartCLIPTrainer.compute_loss` calls it:
     `{"loss": ..., <param name>: grad, ...}`."""
+    return objective_loss_and_grads(model, batch, build_objective(loss_name, local_loss=local_loss, **OBJECTIVES[loss_name]))
+
+
+def objective_loss_and_grads(model: SmartCLIPModel, batch: dict, objective) -> dict:
+    """`loss_and_grads` for a built objective (a core one or a related method's)."""
     model.zero_grad(set_to_none=True)
-    objective = build_objective(loss_name, local_loss=local_loss, **OBJECTIVES[loss_name])
     model_inputs = with_first_sentences(batch) if objective.needs_first_sentence else batch
     model_inputs = {name: value for name, value in model_inputs.items() if name in MODEL_INPUTS}
     outputs = model(**model_inputs, output_text_masks=objective.needs_text_masks, return_logits=False)

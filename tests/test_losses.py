@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
-from modeling_smartclip import SmartCLIPModel, clip_loss, contrastive_loss, masked_similarity, modular_loss
+from modeling_smartclip import SmartCLIPModel, clip_loss, masked_similarity, modular_loss
 
 
 def test_modular_logits_and_loss_come_from_the_masked_similarity(smartclip, batch):

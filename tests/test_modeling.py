@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import CLIPModel
 
-from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor, similarity, stretch_position_embedding
+from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor, stretch_position_embedding
 from tests.support import run_without_package
 
 

@@ -45,14 +45,6 @@ def test_the_retrieval_encoders_refuse_non_finite_embeddings(clip_dir, tower):
             encode_texts(model, ["a red circle.", "a blue square."], processor=processor)
 
 
-@pytest.fixture(scope="module")
-def smartclip_dir(tmp_path_factory, clip_dir):
-    path = tmp_path_factory.mktemp("smartclip")
-    SmartCLIPModel.from_clip(clip_dir).save_pretrained(path)
-    SmartCLIPProcessor.from_clip(clip_dir).save_pretrained(path)
-    return path
-
-
 @pytest.mark.parametrize("value, named", [(float("nan"), "visual_projection.weight"), (3e38, "NaN or infinite")])
 def test_eval_of_a_model_with_a_nan_weight_or_overflowing_features_fails(smartclip_dir, tmp_path, capsys, value, named):
     # One NaN weight (the loader names it), or a finite weight so large that the image features overflow to

@@ -14,8 +14,8 @@ from modeling_smartclip import SmartCLIPModel
 from smartclip_data.scratch import scratch_clip_config, scratch_processor
 from smartclip_methods.simclip.objective import SimCLIPLoss
 from smartclip_methods.simclip.train import main as simclip_main
-from smartclip_train.trainer import MODEL_INPUTS
 
+from .test_distributed import objective_loss_and_grads
 from .test_torchrun import PER_DEVICE, assert_same_weights, flags, launch, torchrun
 
 WORLD_SIZE, PER_RANK = 2, 3
@@ -39,23 +39,13 @@ def tiny_model_batch_and_objective() -> tuple[SmartCLIPModel, dict, SimCLIPLoss]
     return model.train(), batch, objective
 
 
-def loss_and_grads(model, batch, objective) -> dict:
-    model.zero_grad(set_to_none=True)
-    outputs = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, output_text_masks=False,
-                    return_logits=False)
-    loss, _ = objective(model, outputs, batch)
-    loss.backward()
-    grads = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
-    return {"loss": loss.detach().reshape(1), **grads}
-
-
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
     try:
         model, batch, objective = tiny_model_batch_and_objective()
         local = {name: value[rank * PER_RANK : (rank + 1) * PER_RANK] for name, value in batch.items()}
-        result = loss_and_grads(model, local, objective)
+        result = objective_loss_and_grads(model, local, objective)
         for value in result.values():  # DDP's mean of the gradients; the loss is a per-image mean, averaged the same
             dist.all_reduce(value)
             value /= WORLD_SIZE
@@ -73,7 +63,7 @@ def _free_port() -> int:
 def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
     model, batch, objective = tiny_model_batch_and_objective()
-    expected = loss_and_grads(model, batch, objective)
+    expected = objective_loss_and_grads(model, batch, objective)
     assert "visual_projection.weight" in expected and "text_projection.weight" not in expected
     for rank in range(WORLD_SIZE):
         got = load_file(tmp_path / f"rank-{rank}.safetensors")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from modeling_smartclip import SmartCLIPModel, SmartCLIPProcessor, loading
+from modeling_smartclip import loading
 from modeling_smartclip.loading import load_model_and_processor
 from smartclip_eval.cli import main as eval_main
 from smartclip_hub.push import main as push_main
@@ -17,15 +17,6 @@ from smartclip_methods.select.pipeline import main as select_main
 from smartclip_train.train import main as train_main
 
 HEAD_LOGITS = "mask_head.to_logits.weight"
-
-
-@pytest.fixture(scope="module")
-def smartclip_dir(tmp_path_factory, clip_dir):
-    """A SmartCLIP folder as the current code saves it."""
-    path = tmp_path_factory.mktemp("smartclip")
-    SmartCLIPModel.from_clip(clip_dir).save_pretrained(path)
-    SmartCLIPProcessor.from_clip(clip_dir).save_pretrained(path)
-    return path
 
 
 def altered_copy(source, destination, change_weights=None, change_config=None, remove=()):

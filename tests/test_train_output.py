@@ -3,7 +3,6 @@ the model alone, no other run's checkpoint resumed into a used folder, and a fin
 
 import json
 import os
-import shutil
 
 import huggingface_hub.constants
 import pytest
