@@ -123,8 +123,8 @@ def train_one(args: MaskSweepArguments, seed: int, arm: str) -> dict:
 
 def _scene_options(data_args: DataArguments) -> dict:
     """`builtin_scenes`' keyword arguments from the data flags, so evaluation uses the training's scene set."""
-    return {name: getattr(data_args, f"scenes_{name}") for name in ("sizes", "slot_order", "partial_captions")
-            if hasattr(data_args, f"scenes_{name}")}
+    return {"sizes": data_args.scenes_sizes, "slot_order": data_args.scenes_slot_order,
+            "partial_captions": data_args.scenes_partial_captions}
 
 
 def load_runs(path: Path) -> list[dict]:

@@ -184,6 +184,7 @@ class PairedMaskLoss(TrainingLoss):
         self.lambda_sparsity = lambda_sparsity
         self.sparsity_reduction = sparsity_reduction
         self.local_loss = local_loss
+        self.contrastive = CLIPLoss(local_loss)  # scores the masked images
 
     @classmethod
     def from_arguments(cls, args, config: SmartCLIPConfig) -> "PairedMaskLoss":
@@ -193,7 +194,7 @@ class PairedMaskLoss(TrainingLoss):
         masked_images = F.normalize(outputs.image_embeds * outputs.text_masks, dim=-1)  # (b, D)
         penalty = self.lambda_sparsity * sparsity_penalty(outputs.text_mask_probs, self.sparsity_reduction)
         paired = SmartCLIPOutput(text_embeds=outputs.text_embeds, image_embeds=masked_images)
-        loss, logs = CLIPLoss(self.local_loss)(model, paired, batch)
+        loss, logs = self.contrastive(model, paired, batch)
         return loss + penalty, logs | {"mask_density": outputs.text_masks.detach().mean().item()}
 
 
