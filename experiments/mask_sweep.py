@@ -141,7 +141,8 @@ def metric(run: dict, scoring: str, name: str) -> float | None:
     return run["metrics"].get(scoring, {}).get(name)
 
 
-# (column, scoring, metric): the plain rows are CLIP's way of scoring, the modular rows the head's.
+# (column, scoring, metric): the plain rows are CLIP's way of scoring, the modular rows the head's; "short" is
+# retrieval with one-object sentences.
 COLUMNS = (
     ("atomic plain", "plain", "scenes_atomic/acc"),
     ("atomic modular", "modular", "scenes_atomic/acc"),
@@ -149,6 +150,8 @@ COLUMNS = (
     ("long T2I R@1 modular", "modular", "scenes_long/image_retrieval_recall@1"),
     ("long I2T R@1 plain", "plain", "scenes_long/text_retrieval_recall@1"),
     ("long I2T R@1 modular", "modular", "scenes_long/text_retrieval_recall@1"),
+    ("short T2I R@1 plain", "plain", "scenes_multi/image_retrieval_recall@1"),
+    ("short T2I R@1 modular", "modular", "scenes_multi/image_retrieval_recall@1"),
 )
 
 
