@@ -44,8 +44,9 @@ def format_table(results_by_model: dict[str, dict]) -> str:
 
 
 def save_results(results: dict, path: "str | Path") -> None:
-    """Writes `results` as strict JSON, every float rounded to `DECIMALS` places; a NaN (e.g. `acc5` with fewer than
-    5 classes) becomes `null`."""
+    """Writes `results` as strict JSON, every measured float rounded to `DECIMALS` places; a NaN (e.g. `acc5` with
+    fewer than 5 classes) becomes `null`. A top-level `"settings"` entry holds inputs, not measurements: it is written
+    exactly, so a later run can tell whether it had the same settings (a rounded learning rate of 1e-5 reads 0.0)."""
 
     def strict(value):
         if isinstance(value, dict):
@@ -54,8 +55,9 @@ def save_results(results: dict, path: "str | Path") -> None:
             return None if math.isnan(value) else round(value, DECIMALS)
         return value
 
+    rounded = {key: value if key == "settings" else strict(value) for key, value in results.items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(strict(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    Path(path).write_text(json.dumps(rounded, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 __all__ = ["DECIMALS", "format_table", "save_results"]

@@ -19,6 +19,7 @@ from smartclip_experiments.compare import (
     summarise,
     verdicts,
 )
+from smartclip_eval.tables import save_results
 
 
 def test_a_quick_run_never_shares_the_default_folder_of_a_real_run():
@@ -117,3 +118,11 @@ def test_a_saved_seed_with_other_settings_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="finetune_steps"):
         saved_seed(args, 0)
     assert saved_seed(args, 1) is None
+
+
+def test_a_seed_saved_at_a_small_learning_rate_is_reused(tmp_path):
+    # Rounded to 4 decimals, the saved 1e-5 read back as 0.0 and refused its own seed as "other settings".
+    args = CompareArguments(output_dir=str(tmp_path), quick=True, finetune_learning_rate=1e-5, lambda_sparsity=3e-5)
+    runs = {"finetune/pretrained": {"plain": {"scenes_atomic/acc": 0.123456}}}
+    save_results({"settings": seed_settings(args), **runs}, tmp_path / "seed0" / "results.json")
+    assert saved_seed(args, 0) == {"finetune/pretrained": {"plain": {"scenes_atomic/acc": 0.1235}}}
