@@ -190,6 +190,8 @@ def report(args: MaskSweepArguments, runs: list[dict], diagnostics: dict[str, di
                 gains = [metric(r, "modular", name) - metric(c, "plain", name) for r, c in paired]
                 called = sum(g > threshold for g in gains) - sum(g < -threshold for g in gains)
                 verdict = ("gain" if called == len(gains) else "loss" if -called == len(gains) else "not called")
+                if len(gains) == 1:  # beyond CLIP's spread, but the arm's own spread is unknown
+                    verdict += " (one seed)"
                 lines.append(f"| {arm} | {column.replace(' modular', '')} | {', '.join(f'{g:+.3f}' for g in gains)} | "
                              f"{threshold:.3f} | {verdict} |")
     if diagnostics:
