@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from smartclip_experiments.mask_sweep import MaskSweepArguments, main
+from smartclip_experiments.mask_sweep import COLUMNS, MaskSweepArguments, main, report
 
 
 def test_quick_sweep_trains_reports_and_diagnoses_the_saved_models(tmp_path, capsys):
@@ -28,3 +28,22 @@ def test_quick_sweep_trains_reports_and_diagnoses_the_saved_models(tmp_path, cap
 def test_a_bad_arm_is_a_clear_error(arms):
     with pytest.raises(ValueError, match="--arms"):
         MaskSweepArguments(arms=arms)
+
+
+def _run(seed, arm, value):
+    """A finished run whose every table metric is `value`."""
+    scores = {name: value for _, _, name in COLUMNS}
+    metrics = {"plain": scores} if arm == "clip" else {"plain": scores, "modular": scores}
+    return {"seed": seed, "arm": arm, "metrics": metrics}
+
+
+def test_a_gain_is_called_only_beyond_clips_spread_in_every_seed():
+    clip = [_run(seed, "clip", 0.25 + 0.01 * seed) for seed in range(3)]  # spread 0.02
+    above = [_run(seed, "union:1e-3", 0.28 + 0.01 * seed) for seed in range(3)]  # +0.03 in every seed
+    mixed = [_run(seed, "union:0", 0.25 + 0.01 * seed + (0.05 if seed else 0.0)) for seed in range(3)]
+    single = [_run(0, "union:1e-2", 0.20)]
+    args = MaskSweepArguments(seeds="0,1,2", arms="clip,union:1e-3,union:0,union:1e-2")
+    rows = {line.split(" | ")[0] + " | " + line.split(" | ")[1]: line.rsplit(" | ", 2)[-1].rstrip(" |")
+            for line in report(args, clip + above + mixed + single, {}).splitlines() if "| atomic |" in line}
+    assert rows == {"| union:1e-3 | atomic": "gain", "| union:0 | atomic": "not called",
+                    "| union:1e-2 | atomic": "loss (one seed)"}
