@@ -6,6 +6,7 @@ import logging
 import pytest
 from transformers import AutoModel
 
+from smartclip_eval.tables import save_results
 from smartclip_experiments.compare import (
     COLUMNS,
     FINETUNE_ARMS,
@@ -19,7 +20,6 @@ from smartclip_experiments.compare import (
     summarise,
     verdicts,
 )
-from smartclip_eval.tables import save_results
 
 
 def test_a_quick_run_never_shares_the_default_folder_of_a_real_run():
