@@ -53,7 +53,8 @@ def with_first_sentences(batch: dict) -> dict:
 def loss_and_grads(model: SmartCLIPModel, loss_name: str, batch: dict, local_loss: bool = False) -> dict:
     """One forward and backward through the objective, called as `SmartCLIPTrainer.compute_loss` calls it:
     `{"loss": ..., <param name>: grad, ...}`."""
-    return objective_loss_and_grads(model, batch, build_objective(loss_name, local_loss=local_loss, **OBJECTIVES[loss_name]))
+    objective = build_objective(loss_name, local_loss=local_loss, **OBJECTIVES[loss_name])
+    return objective_loss_and_grads(model, batch, objective)
 
 
 def objective_loss_and_grads(model: SmartCLIPModel, batch: dict, objective) -> dict:

@@ -43,7 +43,7 @@ def test_a_gain_is_called_only_beyond_clips_spread_in_every_seed():
     mixed = [_run(seed, "union:0", 0.25 + 0.01 * seed + (0.05 if seed else 0.0)) for seed in range(3)]
     single = [_run(0, "union:1e-2", 0.20)]
     args = MaskSweepArguments(seeds="0,1,2", arms="clip,union:1e-3,union:0,union:1e-2")
-    rows = {line.split(" | ")[0] + " | " + line.split(" | ")[1]: line.rsplit(" | ", 2)[-1].rstrip(" |")
-            for line in report(args, clip + above + mixed + single, {}).splitlines() if "| atomic |" in line}
-    assert rows == {"| union:1e-3 | atomic": "gain", "| union:0 | atomic": "not called",
-                    "| union:1e-2 | atomic": "loss (one seed)"}
+    table = report(args, clip + above + mixed + single, {}).splitlines()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table if "| atomic |" in line]
+    assert {row[0]: row[-1] for row in rows} == {"union:1e-3": "gain", "union:0": "not called",
+                                                 "union:1e-2": "loss (one seed)"}
